@@ -1,0 +1,24 @@
+"""Helpers shared by the layers for padding masks (keras.ops only)."""
+
+from keras import ops
+
+
+def resolve_padding_mask(padding_mask, keras_mask):
+    """Returns the explicit `padding_mask` if given, else the Keras mask, else None."""
+    return padding_mask if padding_mask is not None else keras_mask
+
+
+def check_sequence_length(layer_name, length, sequence_length):
+    """Raises ValueError when a static input length exceeds the layer's sequence_length."""
+    if length is not None and length > sequence_length:
+        raise ValueError(
+            f"{layer_name} was built for sequence_length={sequence_length}, but received "
+            f"an input of length {length}. Inputs may be shorter than sequence_length "
+            f"(the spatial weights are sliced), never longer."
+        )
+
+
+def causal_mask(length):
+    """(length, length) boolean matrix, True where column j <= row i."""
+    positions = ops.arange(length)
+    return ops.greater_equal(ops.expand_dims(positions, 1), ops.expand_dims(positions, 0))

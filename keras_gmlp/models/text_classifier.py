@@ -1,0 +1,54 @@
+"""Sequence classification on a gMLP backbone (e.g. SST-2, MNLI fine-tuning)."""
+
+import keras
+
+from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
+from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models.base import float32_logits
+from keras_gmlp.models.text_backbone import GMLPBackbone
+
+
+@keras.saving.register_keras_serializable(package="keras_gmlp")
+class GMLPTextClassifier(FunctionalModel):
+    """Mean-pools a `GMLPBackbone` over real tokens and classifies.
+
+    Inputs: the backbone's `token_ids` and `padding_mask`.
+    Output: float32 logits `(batch, num_classes)`.
+
+    Args:
+        backbone: a `GMLPBackbone` (pretrained weights are kept).
+        num_classes: int, number of classes.
+        dropout: float, dropout before the classification layer.
+    """
+
+    _nested_model_args = ("backbone",)
+
+    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
+        self.backbone = backbone
+        policy = backbone.dtype_policy
+        self.pooler = MaskedMeanPooling(dtype=policy, name="pooler")
+        self.head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+        self.head = keras.layers.Dense(num_classes, dtype=policy, name="head")
+        inputs = backbone.input
+        pooled = self.pooler(backbone(inputs), padding_mask=inputs["padding_mask"])
+        logits = self.head(self.head_dropout(pooled))
+        super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
+        self.num_classes = num_classes
+        self._remember_config(backbone=backbone, num_classes=num_classes, dropout=dropout)
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """`keras.Model.compile` with AdamW(2e-5), sparse cross-entropy on logits and accuracy."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(2e-5, weight_decay=0.01)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics == "auto":
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    @classmethod
+    def from_preset(cls, preset, num_classes, dropout=0.1, **backbone_overrides):
+        """A classifier on `GMLPBackbone.from_preset(preset, **backbone_overrides)`."""
+        return cls(GMLPBackbone.from_preset(preset, **backbone_overrides), num_classes, dropout)

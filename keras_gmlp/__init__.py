@@ -1,5 +1,7 @@
 """keras_gmlp: gMLP and aMLP ("Pay Attention to MLPs", Liu et al. 2021) for Keras 3."""
 
+from keras_gmlp import data
+from keras_gmlp import export
 from keras_gmlp import layers
 from keras_gmlp import models
 from keras_gmlp.layers import GMLPBlock

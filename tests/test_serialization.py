@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_gmlp
 import model_zoo
 from keras_gmlp.models import GMLPImageClassifier
 
@@ -17,6 +18,7 @@ def test_keras_file_round_trip_gives_identical_outputs(model_type, rng, tmp_path
     assert type(restored) is type(model)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(x)), before)
     assert restored.get_config() == model.get_config()
+    assert model.get_config()["keras_gmlp_version"] == keras_gmlp.__version__
 
 
 @pytest.mark.parametrize("model_type", model_zoo.MODEL_TYPES)

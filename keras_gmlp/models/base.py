@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_gmlp.version import __version__
+
 
 class FunctionalModel(keras.Model):
     """A functional `keras.Model` whose config is its constructor arguments.
@@ -20,7 +22,8 @@ class FunctionalModel(keras.Model):
         self._constructor_config = config
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable}
+        # The version travels in every .keras file, so a saved model can be traced to its code.
+        config = {"name": self.name, "trainable": self.trainable, "keras_gmlp_version": __version__}
         for key, value in self._constructor_config.items():
             if key in self._nested_model_args:
                 value = keras.saving.serialize_keras_object(value)
@@ -30,6 +33,7 @@ class FunctionalModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.pop("keras_gmlp_version", None)
         for key in cls._nested_model_args:
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])

@@ -1,0 +1,250 @@
+"""End-to-end trainer runs in fresh processes: strategies agree, resume after SIGKILL, NaN stop,
+fine-tuning from a pretraining checkpoint, flags file, start-up flag errors.
+
+Each configuration needs its own process (logical CPU devices and TF_CONFIG must be set before
+TensorFlow initialises), so runs are shared through module-scoped fixtures and kept tiny.
+"""
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_STEPS = 60
+COMPARED_STEPS = 8
+# A constant rate after warmup makes the first steps' learning rates independent of
+# --train_steps, so the strategy comparisons can run fewer steps than the baseline.
+TINY_MLM = [
+    "--model=gmlp_tiny", "--model_overrides=num_layers=1,hidden_dim=32,ffn_dim=64",
+    "--sequence_length=32", "--global_batch_size=8", "--warmup_steps=3", "--decay=constant",
+    "--learning_rate=2e-3", "--log_every=1", "--checkpoint_every=5", "--eval_steps=1",
+    "--seed=3",
+]
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+class _Process:
+    """A trainer process whose output goes to a file (pipes could fill and block it)."""
+
+    def __init__(self, module, args, log_path, **env):
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
+                                          env=_env(**env), stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout=240):
+        self.popen.wait(timeout=timeout)
+        with open(self.log_path) as f:
+            return self.popen.returncode, f.read()
+
+
+_LOG_NUMBERS = itertools.count()
+
+
+def _start(module, args, **env):
+    """Starts `python -m module args`; its log is MODEL_DIR.<n>.log beside the model_dir."""
+    model_dir = next(a for a in args if a.startswith("--model_dir="))[len("--model_dir="):]
+    return _Process(module, args, f"{model_dir}.{next(_LOG_NUMBERS)}.log", **env)
+
+
+def _run(module, args, expect_ok=True, timeout=240, **env):
+    returncode, output = _start(module, args, **env).wait(timeout)
+    if expect_ok:
+        assert returncode == 0, output[-4000:]
+    return returncode, output
+
+
+def _losses(model_dir):
+    """{step: loss} from metrics.jsonl; a resumed run's line for a step replaces the old one."""
+    losses = {}
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record:
+                losses[record["step"]] = record["loss"]
+    return losses
+
+
+def _model_values(checkpoint_path):
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key.startswith("model/")}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """Single-replica MLM run on the default corpus; learns the vocabulary the others reuse."""
+    model_dir = str(tmp_path_factory.mktemp("mlm_default"))
+    _run("trainers.pretrain_mlm", [f"--model_dir={model_dir}", "--vocabulary_size=400",
+                                   f"--export_dir={model_dir}/export",
+                                   f"--train_steps={TRAIN_STEPS}", *TINY_MLM])
+    return model_dir
+
+
+def _same_run(baseline, model_dir, train_steps=TRAIN_STEPS):
+    return [f"--model_dir={model_dir}", f"--vocab_file={baseline}/vocab.txt",
+            f"--train_steps={train_steps}", *TINY_MLM]
+
+
+def test_run_leaves_flags_checkpoints_summaries_and_export(baseline):
+    with open(os.path.join(baseline, "flags.json")) as f:
+        used = json.load(f)
+    assert used["train_steps"] == TRAIN_STEPS and used["sequence_length"] == 32
+    assert used["model_overrides"] == "num_layers=1,hidden_dim=32,ffn_dim=64"
+    with open(os.path.join(baseline, "flags.txt")) as f:
+        assert f"--train_steps={TRAIN_STEPS}" in f.read().split("\n")
+    assert tf.train.latest_checkpoint(baseline).endswith(f"ckpt-{TRAIN_STEPS}")
+    tags = set()
+    for name in os.listdir(os.path.join(baseline, "train")):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(baseline, "train", name)):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"loss", "learning_rate", "train_accuracy", "steps_per_second"} <= tags
+    losses = _losses(baseline)
+    assert sorted(losses) == list(range(1, TRAIN_STEPS + 1))
+    assert np.mean([losses[s] for s in range(51, 61)]) < np.mean([losses[s] for s in range(1, 11)])
+    exports = os.listdir(os.path.join(baseline, "export"))
+    assert any(os.path.isfile(os.path.join(baseline, "export", v, "saved_model.pb"))
+               for v in exports)
+
+
+def test_mirrored_two_logical_cpus_matches_one_replica(baseline, tmp_path):
+    model_dir = str(tmp_path / "mirrored")
+    _, output = _run("trainers.pretrain_mlm", [*_same_run(baseline, model_dir, COMPARED_STEPS),
+                                               "--strategy=mirrored", "--num_cpu_devices=2"])
+    assert "MirroredStrategy with 2 replica(s)" in output
+    expected, got = _losses(baseline), _losses(model_dir)
+    for step in range(1, COMPARED_STEPS + 1):
+        np.testing.assert_allclose(got[step], expected[step], rtol=1e-4, err_msg=f"step {step}")
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_two_processes_match_one_replica(baseline, tmp_path):
+    model_dir = str(tmp_path / "mwms")
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = [
+        _start("trainers.pretrain_mlm",
+               [*_same_run(baseline, model_dir, COMPARED_STEPS),
+                "--strategy=multi_worker_mirrored"],
+               TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                     "task": {"type": "worker", "index": index}}))
+        for index in range(2)
+    ]
+    results = [p.wait() for p in processes]
+    for returncode, output in results:
+        assert returncode == 0, output[-4000:]
+    outputs = [output for _, output in results]
+    assert "with 2 replica(s)" in outputs[0]
+    expected, got = _losses(baseline), _losses(model_dir)
+    # Only the chief writes metrics; the same global batches are split over the two workers,
+    # so the losses differ from one replica's only by the order of float summation.
+    assert sorted(got) == list(range(1, COMPARED_STEPS + 1))
+    for step in range(1, COMPARED_STEPS + 1):
+        np.testing.assert_allclose(got[step], expected[step], rtol=1e-4, err_msg=f"step {step}")
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".worker_")]
+
+
+def test_sigkill_then_restart_equals_an_uninterrupted_run(baseline, tmp_path):
+    model_dir = str(tmp_path / "killed")
+    args = _same_run(baseline, model_dir)
+    process = _start("trainers.pretrain_mlm", args)
+    state_file = os.path.join(model_dir, "checkpoint")
+    while not os.path.exists(state_file):  # poll: the first checkpoint is being written
+        assert process.popen.poll() is None, process.wait()[1][-4000:]
+    process.popen.send_signal(signal.SIGKILL)
+    assert process.wait(60)[0] == -signal.SIGKILL
+    killed_at = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
+    assert 5 <= killed_at < TRAIN_STEPS, "the run finished before it could be killed"
+
+    _, output = _run("trainers.pretrain_mlm", args)
+    assert f"at step {killed_at}." in output  # "Resumed from .../ckpt-N at step N."
+    expected, got = _losses(baseline), _losses(model_dir)
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose([got[s] for s in sorted(got)],
+                               [expected[s] for s in sorted(expected)], rtol=1e-6)
+    final, reference = (_model_values(tf.train.latest_checkpoint(d)) for d in (model_dir, baseline))
+    assert final.keys() == reference.keys() and len(final) > 10
+    for key in reference:
+        np.testing.assert_allclose(final[key], reference[key], rtol=1e-5, atol=1e-7,
+                                   err_msg=key)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model_dir = str(tmp_path / "nan")
+    returncode, output = _run(
+        "trainers.train_image_classifier",
+        [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
+         "--global_batch_size=16", "--train_steps=50", "--warmup_steps=0",
+         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1"],
+        expect_ok=False)
+    assert returncode == 3, output[-4000:]
+    assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
+    losses = _losses(model_dir)
+    bad_step = max(losses) + 1  # the failing step is never logged, saved or applied to disk
+    assert all(np.isfinite(list(losses.values())))
+    latest = tf.train.latest_checkpoint(model_dir)
+    assert latest.endswith(f"ckpt-{bad_step - 1}")
+    assert not os.path.exists(os.path.join(model_dir, f"ckpt-{bad_step}.index"))
+    for key, value in _model_values(latest).items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), key
+
+
+def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path):
+    data = tmp_path / "train.tsv"
+    rows = ["sentence\tlabel"] + [f"{'good' if i % 2 else 'bad'} value number {i}\t{i % 2}"
+                                  for i in range(40)]
+    data.write_text("\n".join(rows) + "\n")
+    model_dir = str(tmp_path / "finetune")
+    # A zero learning rate keeps every weight (AdamW's decay is scaled by it too), so the saved
+    # backbone is exactly what was loaded.
+    _run("trainers.finetune_text_classifier",
+         [f"--model_dir={model_dir}", f"--init_checkpoint={baseline}", f"--data={data}",
+          "--global_batch_size=8", "--train_steps=1", "--warmup_steps=0", "--learning_rate=0",
+          "--eval_steps=1"])
+    pretrained = _model_values(tf.train.latest_checkpoint(baseline))
+    finetuned = _model_values(tf.train.latest_checkpoint(model_dir))
+    backbone_keys = [k for k in finetuned if not k.startswith(("model/head", "model/rng"))]
+    assert "model/block_0__spatial_gating_unit__spatial_kernel/.ATTRIBUTES/VARIABLE_VALUE" in backbone_keys
+    assert len(backbone_keys) == 13  # embeddings, 10 block variables, final norm gamma/beta
+    for key in backbone_keys:
+        np.testing.assert_array_equal(finetuned[key], pretrained[key], err_msg=key)
+    # Pretraining moved the SGU bias away from its initial ones, so a match is not by chance.
+    bias = "model/block_0__spatial_gating_unit__spatial_bias/.ATTRIBUTES/VARIABLE_VALUE"
+    assert not np.allclose(finetuned[bias], 1.0)
+    with open(os.path.join(model_dir, "vocab.txt")) as a, open(os.path.join(baseline, "vocab.txt")) as b:
+        assert a.read() == b.read()
+
+
+def test_bad_flag_fails_at_start_up_before_reading_data(tmp_path):
+    model_dir = tmp_path / "never"
+    returncode, output = _run(
+        "trainers.pretrain_mlm", [f"--model_dir={model_dir}", "--global_batch_size=0"],
+        expect_ok=False, timeout=120)
+    assert returncode != 0
+    assert "--global_batch_size" in output and "expected an integer >= 1" in output
+    assert not model_dir.exists()  # nothing written, no data read
+    assert "default corpus" not in output

@@ -1,0 +1,1 @@
+"""The shared core of the trainers: flags, strategies, optimisation, the training loop."""

@@ -1,0 +1,55 @@
+"""The checkpoint layout of the trainers: model variables keyed by their Keras path.
+
+`tf.train.Checkpoint(model=keras_model)` is not enough in Keras 3.15: a functional model's
+object graph only reaches some of its variables (a nested backbone's are saved solely through
+the optimizer's variable list), so a checkpoint could not be read back into another model.
+Keying every variable by `variable.path` ("block_0/norm/gamma", "token_embedding/embeddings")
+makes a backbone's variables the same keys in a masked LM and in a classifier built on it.
+"""
+
+import re
+
+import tensorflow as tf
+
+
+def variable_tree(variables):
+    """A trackable holding `variables` under flat keys made from their paths.
+
+    "block_0/norm/gamma" is saved as "<root>/block_0__norm__gamma/.ATTRIBUTES/VARIABLE_VALUE".
+    The keys are flat because a checkpoint stores each variable under its shortest path from
+    the root, and the optimizer reaches every trainable variable at depth 3
+    (optimizer/_trainable_variables/<i>): deeper model keys would never appear. Dropout
+    seed-generator states are saved as rng_state_<i>: their auto-numbered names depend on what
+    else the process created, their order within one model does not.
+    """
+    children = {}
+    seeds = 0
+    for variable in variables:
+        if "seed_generator" in variable.path:
+            key = f"rng_state_{seeds}"
+            seeds += 1
+        else:
+            key = "__".join(re.sub(r"\W", "_", part) for part in variable.path.split("/"))
+        if key in children:
+            raise ValueError(f"Two variables share the checkpoint key {key!r} "
+                             f"(path {variable.path!r}); layer names must be unique.")
+        children[key] = variable
+    return tf.train.Checkpoint(**children)
+
+
+def model_tree(model):
+    """All of a model's variables (weights and dropout RNG state) for a tf.train.Checkpoint."""
+    return variable_tree(model.variables)
+
+
+def restore_backbone(backbone, checkpoint_path):
+    """Reads `backbone`'s weights from a trainer checkpoint of any model built on it.
+
+    Raises if any backbone variable is missing from the checkpoint; extra values (the other
+    model's head, the optimizer) are ignored.
+    """
+    reader = tf.train.Checkpoint(model=variable_tree(backbone.weights))
+    status = reader.restore(checkpoint_path)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+    return len(backbone.weights)

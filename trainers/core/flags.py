@@ -1,0 +1,317 @@
+"""absl flags shared by the trainers, their start-up validators, and the flags file.
+
+Flags are defined on a `FlagValues` by functions (not at import), so that importing several
+trainer modules in one process never redefines a flag; each trainer's entry point defines the
+groups it needs on `absl.flags.FLAGS` and registers the validators before `app.run` parses argv.
+Every validator runs while argv is parsed, before a model is built or a record is read, and its
+message names the flag, the value and what was expected.
+"""
+
+import ast
+import inspect
+import json
+import os
+import re
+
+from absl import flags
+
+TEXT = "text"
+VISION = "vision"
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+FLAGS_FILE = "flags.txt"
+FLAGS_JSON = "flags.json"
+
+
+def define_common_flags(fv=flags.FLAGS):
+    """Flags every trainer takes: model, schedule, optimizer, strategy, checkpoints, logging."""
+    flags.DEFINE_string(
+        "model", None, "Preset name (keras_gmlp.models.TEXT_PRESETS / VISION_PRESETS); "
+        "each trainer has a small default.", flag_values=fv)
+    flags.DEFINE_string(
+        "model_overrides", "", "Comma-separated key=value constructor overrides of the preset's "
+        "backbone, values as Python literals, e.g. 'num_layers=2,hidden_dim=64,dropout=0.1'.",
+        flag_values=fv)
+    flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, flags, vocab.",
+                        flag_values=fv)
+    flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps.", flag_values=fv)
+    flags.DEFINE_integer("global_batch_size", 32, "Examples per step over all replicas.",
+                         flag_values=fv)
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (after warmup).",
+                       flag_values=fv)
+    flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps from 0 to --learning_rate.",
+                         flag_values=fv)
+    flags.DEFINE_enum("decay", "linear", ["linear", "cosine", "constant"],
+                      "Learning-rate decay after warmup, down to --end_learning_rate_ratio.",
+                      flag_values=fv)
+    flags.DEFINE_float("end_learning_rate_ratio", 0.0,
+                       "Final learning rate as a fraction of --learning_rate.", flag_values=fv)
+    flags.DEFINE_float("weight_decay", 0.01, "AdamW decoupled weight decay (not applied to "
+                       "LayerNorm scales/offsets or biases).", flag_values=fv)
+    flags.DEFINE_float("adam_beta_1", 0.9, "AdamW beta_1.", flag_values=fv)
+    flags.DEFINE_float("adam_beta_2", 0.999, "AdamW beta_2.", flag_values=fv)
+    flags.DEFINE_float("adam_epsilon", 1e-6, "AdamW epsilon.", flag_values=fv)
+    flags.DEFINE_float("global_clipnorm", 1.0, "Clip gradients by their global norm over all "
+                       "replicas; 0 disables.", flag_values=fv)
+    flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16"],
+                      "Keras dtype policy (bfloat16 needs no loss scaling).", flag_values=fv)
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
+                      "tf.distribute strategy. multi_worker_mirrored reads TF_CONFIG.",
+                      flag_values=fv)
+    flags.DEFINE_string("tpu", None, "TPU name, grpc://IP:8470, or 'local' (on a TPU VM); "
+                        "required with --strategy=tpu.", flag_values=fv)
+    flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
+                         "(e.g. 2 to try --strategy=mirrored on a laptop); 0 leaves it as is.",
+                         flag_values=fv)
+    flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and at the "
+                         "end).", flag_values=fv)
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.",
+                         flag_values=fv)
+    flags.DEFINE_integer("eval_every", 0, "Evaluate every N steps; 0 evaluates at the end only.",
+                         flag_values=fv)
+    flags.DEFINE_integer("eval_steps", 20, "Batches per evaluation; 0 reads the whole split.",
+                         flag_values=fv)
+    flags.DEFINE_integer("log_every", 50, "Progress line, summaries and metrics.jsonl every N "
+                         "steps.", flag_values=fv)
+    flags.DEFINE_string("export_dir", None, "Write a SavedModel under EXPORT_DIR/<version>/ at "
+                        "the end.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed for weights, data order and masking.", flag_values=fv)
+    flags.DEFINE_string("data", None, "Training data source (see the trainer's --help); "
+                        "unset uses the trainer's default dataset.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: sources (read offline).",
+                        flag_values=fv)
+    flags.DEFINE_bool("checkpoint_iterator", True, "Save the tf.data iterator position in "
+                      "checkpoints (where the strategy allows) so a resumed run sees the same "
+                      "batches; otherwise a resumed run skips the batches already used.",
+                      flag_values=fv)
+    flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().",
+                      flag_values=fv)
+
+
+def define_text_flags(fv=flags.FLAGS):
+    """Tokenisation flags of the text trainers."""
+    flags.DEFINE_integer("sequence_length", None, "Tokens per example; unset keeps the "
+                         "preset's.", flag_values=fv)
+    flags.DEFINE_string("vocab_file", None, "WordPiece vocabulary, one token a line; unset "
+                        "learns one from the training text into MODEL_DIR/vocab.txt.",
+                        flag_values=fv)
+    flags.DEFINE_integer("vocabulary_size", 8000, "Size of a learned vocabulary.",
+                         flag_values=fv)
+    flags.DEFINE_bool("lowercase", True, "Lowercase text before WordPiece.", flag_values=fv)
+    flags.DEFINE_string("eval_data", None, "Evaluation source; unset uses the --data source's "
+                        "evaluation split.", flag_values=fv)
+
+
+def define_mlm_flags(fv=flags.FLAGS):
+    """Masked-LM flags."""
+    flags.DEFINE_float("mask_rate", 0.15, "Fraction of tokens selected for prediction "
+                       "(80% [MASK], 10% random, 10% kept).", flag_values=fv)
+    flags.DEFINE_integer("max_predictions", None, "Mask slots per sequence; unset uses "
+                         "ceil(mask_rate * sequence_length).", flag_values=fv)
+
+
+def define_finetune_flags(fv=flags.FLAGS):
+    """Text-classification fine-tuning flags."""
+    flags.DEFINE_string("init_checkpoint", None, "A pretrain_mlm --model_dir (its latest "
+                        "checkpoint) or a checkpoint prefix; the backbone, vocabulary and "
+                        "backbone config are taken from it.", flag_values=fv)
+    flags.DEFINE_integer("num_classes", 2, "Number of labels.", flag_values=fv)
+    flags.DEFINE_float("classifier_dropout", 0.1, "Dropout before the classification layer.",
+                       flag_values=fv)
+    flags.DEFINE_string("eval_split", "validation", "Evaluation split of a tfds: source.",
+                        flag_values=fv)
+
+
+def define_image_flags(fv=flags.FLAGS):
+    """Image-classification flags."""
+    flags.DEFINE_integer("image_size", None, "Square training/eval resolution; unset uses the "
+                         "dataset's native size for the default data, else the preset's.",
+                         flag_values=fv)
+    flags.DEFINE_integer("num_classes", None, "Number of labels; unset reads it from the data.",
+                         flag_values=fv)
+    flags.DEFINE_string("eval_split", "test", "Evaluation split.", flag_values=fv)
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", flag_values=fv)
+    flags.DEFINE_float("mixup_alpha", 0.0, "MixUp alpha; 0 disables.", flag_values=fv)
+    flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix alpha; 0 disables.", flag_values=fv)
+    flags.DEFINE_bool("random_resized_crop", False, "Random-resized-crop augmentation.",
+                      flag_values=fv)
+    flags.DEFINE_bool("random_flip", False, "Horizontal-flip augmentation.", flag_values=fv)
+    flags.DEFINE_integer("randaugment_layers", 0, "RandAugment ops per image; 0 disables.",
+                         flag_values=fv)
+    flags.DEFINE_float("classifier_dropout", 0.0, "Dropout before the classification layer.",
+                       flag_values=fv)
+
+
+def parse_overrides(text):
+    """Parses 'a=1,b=(8, 8, 1),c=gelu' into a dict; values are Python literals or strings.
+
+    Commas inside brackets belong to the value. Raises ValueError naming the bad item.
+    """
+    overrides = {}
+    if not text or not text.strip():
+        return overrides
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
+            raise ValueError(f"item {item!r} is not key=value")
+        try:
+            overrides[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key] = value.strip()
+    return overrides
+
+
+def _backbone_class(kind):
+    # Imported lazily: keras_gmlp imports TensorFlow, which `--help` should not wait for.
+    from keras_gmlp import models
+
+    if kind == VISION:
+        return models.GMLPVisionBackbone, models.VISION_PRESETS
+    return models.GMLPBackbone, models.TEXT_PRESETS
+
+
+def register_validators(kind, fv=flags.FLAGS):
+    """Registers the start-up checks for a trainer of `kind` ("text" or "vision") on `fv`."""
+
+    def check(name, predicate, expected):
+        if name in fv:
+            flags.register_validator(
+                name, predicate, message=f"--{name}: expected {expected}", flag_values=fv)
+
+    check("model_dir", lambda v: bool(v and v.strip()), "a directory path (required)")
+    check("train_steps", lambda v: v is not None and v >= 1, "an integer >= 1")
+    check("global_batch_size", lambda v: v is not None and v >= 1, "an integer >= 1")
+    check("learning_rate", lambda v: v is not None and v >= 0, "a float >= 0")
+    check("warmup_steps", lambda v: v is not None and v >= 0, "an integer >= 0")
+    check("end_learning_rate_ratio", lambda v: 0 <= v <= 1, "a float in [0, 1]")
+    check("weight_decay", lambda v: v >= 0, "a float >= 0")
+    check("adam_beta_1", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    check("adam_beta_2", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    check("adam_epsilon", lambda v: v > 0, "a float > 0")
+    check("global_clipnorm", lambda v: v >= 0, "a float >= 0 (0 disables clipping)")
+    check("num_cpu_devices", lambda v: v >= 0, "an integer >= 0")
+    check("checkpoint_every", lambda v: v >= 1, "an integer >= 1")
+    check("keep_checkpoints", lambda v: v >= 1, "an integer >= 1")
+    check("eval_every", lambda v: v >= 0, "an integer >= 0")
+    check("eval_steps", lambda v: v >= 0, "an integer >= 0")
+    check("log_every", lambda v: v >= 1, "an integer >= 1")
+    check("seed", lambda v: v >= 0, "an integer >= 0")
+    check("sequence_length", lambda v: v is None or v >= 4, "an integer >= 4")
+    check("vocabulary_size", lambda v: v >= 16, "an integer >= 16")
+    check("vocab_file", lambda v: v is None or _gfile().exists(v), "an existing file")
+    check("mask_rate", lambda v: 0 < v < 1, "a float in (0, 1)")
+    check("max_predictions", lambda v: v is None or v >= 1, "an integer >= 1")
+    check("num_classes", lambda v: v is None or v >= 2, "an integer >= 2")
+    check("image_size", lambda v: v is None or v >= 1, "an integer >= 1")
+    check("label_smoothing", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    check("mixup_alpha", lambda v: v >= 0, "a float >= 0")
+    check("cutmix_alpha", lambda v: v >= 0, "a float >= 0")
+    check("randaugment_layers", lambda v: v >= 0, "an integer >= 0")
+    check("classifier_dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    check("data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or glob "
+          "that matches files")
+    check("eval_data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or "
+          "glob that matches files")
+    check("init_checkpoint", _checkpoint_exists,
+          "a pretrain_mlm model_dir holding a checkpoint, or an existing checkpoint prefix")
+
+    def check_many(names, checker):
+        if all(name in fv for name in names):
+            flags.register_multi_flags_validator(names, checker, flag_values=fv)
+
+    def tpu_needs_name(values):
+        if values["strategy"] == "tpu" and not values["tpu"]:
+            raise flags.ValidationError(
+                "--tpu: required with --strategy=tpu (a TPU name, grpc://IP:8470, or 'local')")
+        return True
+
+    def warmup_within_training(values):
+        if values["warmup_steps"] > values["train_steps"]:
+            raise flags.ValidationError(
+                f"--warmup_steps={values['warmup_steps']}: expected <= "
+                f"--train_steps={values['train_steps']}")
+        return True
+
+    def model_and_overrides(values):
+        cls, presets = _backbone_class(kind)
+        if values["model"] is not None and values["model"] not in presets:
+            raise flags.ValidationError(
+                f"--model={values['model']!r}: expected one of {sorted(presets)}")
+        try:
+            overrides = parse_overrides(values["model_overrides"])
+        except ValueError as error:
+            raise flags.ValidationError(f"--model_overrides: {error}") from None
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "dtype"}
+        unknown = sorted(set(overrides) - accepted)
+        if unknown:
+            raise flags.ValidationError(
+                f"--model_overrides: unknown key(s) {unknown}; {cls.__name__} accepts "
+                f"{sorted(accepted)}")
+        return True
+
+    check_many(["strategy", "tpu"], tpu_needs_name)
+    check_many(["warmup_steps", "train_steps"], warmup_within_training)
+    check_many(["model", "model_overrides"], model_and_overrides)
+
+
+def _gfile():
+    # tf.io.gfile reads local paths and gs:// alike; imported late for a fast --help.
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _local_source_exists(value):
+    if value is None or value.startswith(("tfds:", "tfrecord:")):
+        return True  # checked by the data pipeline
+    return bool(_gfile().glob(value))
+
+
+def _checkpoint_exists(value):
+    if value is None:
+        return True
+    if _gfile().isdir(value):
+        return bool(_gfile().glob(os.path.join(value, "ckpt-*.index")))
+    return _gfile().exists(value + ".index")
+
+
+def flag_dict(fv=flags.FLAGS, module_names=None):
+    """The trainer's flags (not absl's own) as {name: value}."""
+    values = {}
+    for module, module_flags in fv.flags_by_module_dict().items():
+        if module_names is not None and module not in module_names:
+            continue
+        for flag in module_flags:
+            values[flag.name] = flag.value
+    return values
+
+
+def write_flags(model_dir, fv=flags.FLAGS):
+    """Writes the flags of this run into model_dir: a --flagfile and a JSON copy.
+
+    `python -m trainers.<trainer> --flagfile=MODEL_DIR/flags.txt` repeats the run.
+    """
+    ours = [m for m in fv.flags_by_module_dict() if "absl" not in m and "tensorflow" not in m]
+    values = flag_dict(fv, ours)
+    _gfile().makedirs(model_dir)
+    lines = []
+    for name in sorted(values):
+        serialized = fv[name].serialize()
+        if serialized:
+            lines.append(serialized)
+    with _gfile().GFile(os.path.join(model_dir, FLAGS_FILE), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with _gfile().GFile(os.path.join(model_dir, FLAGS_JSON), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True, default=str)
+    return values

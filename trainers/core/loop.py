@@ -1,0 +1,261 @@
+"""The one training loop behind every trainer and every strategy.
+
+A custom loop (as tf-models/Orbit do), not `model.fit`: Keras 3.15's fit fails under
+MultiWorkerMirroredStrategy (REFERENCE.md section 3), while `strategy.run` inside a
+`tf.function` works for default, one-device, mirrored, multi-worker and TPU strategies alike.
+Each step: forward and loss on every replica, loss divided by a normaliser all-reduced over
+replicas, gradients all-reduced once, clipped by their global norm, applied by AdamW.
+"""
+
+import json
+import math
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from trainers.core import checkpoints
+from trainers.core import flags as flags_lib
+from trainers.core import optimization
+from trainers.core import strategy as strategy_lib
+from trainers.core.summaries import ProgressLog
+
+SUM = tf.distribute.ReduceOp.SUM
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the run stopped without saving that step."""
+
+
+NON_FINITE_EXIT_CODE = 3
+
+
+def main_for(task_class):
+    """An `absl.app` main that trains `task_class(FLAGS)`; a NaN/Inf loss exits with status 3."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        try:
+            run(task_class(flags.FLAGS))
+        except NonFiniteLossError as error:
+            logging.error("%s", error)
+            sys.exit(NON_FINITE_EXIT_CODE)
+
+    return main
+
+
+def run(task):
+    """Trains `task` (a `trainers.core.task.Task`) per its flags; returns the final metrics."""
+    fv = task.flags
+    model_dir = fv.model_dir
+    if fv.strategy == "mirrored" and fv.num_cpu_devices > 1:
+        strategy_lib.split_cpu(fv.num_cpu_devices)
+    if fv.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if fv.mixed_precision != "float32":
+        keras.config.set_dtype_policy(fv.mixed_precision)
+    strategy = strategy_lib.make_strategy(fv.strategy, fv.tpu, fv.num_cpu_devices)
+    replicas = strategy.num_replicas_in_sync
+    if fv.global_batch_size % replicas:
+        raise ValueError(
+            f"--global_batch_size={fv.global_batch_size}: expected a multiple of the "
+            f"{replicas} replicas of --strategy={fv.strategy}.")
+    chief = strategy_lib.is_chief(strategy)
+    logging.info("Strategy: %s", strategy_lib.describe(strategy))
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+        flags_lib.write_flags(model_dir, fv)
+
+    task.prepare(model_dir, chief)
+    # Seeded just before the weights are created, so what `prepare` did (learning a vocabulary
+    # or not, on a resumed run) cannot shift the initial weights.
+    keras.utils.set_random_seed(fv.seed)
+    with strategy.scope():
+        model = task.build_model()
+        schedule = optimization.WarmupDecay(
+            fv.learning_rate, fv.train_steps, fv.warmup_steps, fv.decay,
+            fv.end_learning_rate_ratio)
+        optimizer = optimization.make_optimizer(fv, schedule)
+        optimizer.build(model.trainable_variables)
+    logging.info("Model %s: %s parameters.", model.name, f"{model.count_params():,}")
+    if chief and hasattr(model, "backbone"):
+        with tf.io.gfile.GFile(os.path.join(model_dir, MODEL_CONFIG_FILE), "w") as f:
+            json.dump(keras.saving.serialize_keras_object(model.backbone), f, indent=2,
+                      default=str)
+
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest is None:
+        task.initialize_from_pretrained(model)
+
+    # Non-TPU strategies read global batches from one plain tf.data iterator per worker and
+    # hand each replica its slice: the batches do not depend on the replica count, and the
+    # iterator (unlike tf.distribute's DistributedIterator, which is not trackable in TF 2.21)
+    # is saved in checkpoints. TPUs need tf.distribute's input pipeline; a resumed TPU run (or
+    # --nocheckpoint_iterator) skips the batches it already consumed, which gives the same ones.
+    host_input = not isinstance(strategy, tf.distribute.TPUStrategy)
+    save_iterator = fv.checkpoint_iterator and host_input
+    train_ds = task.train_dataset(fv.global_batch_size)
+    if save_iterator:
+        iterator = iter(train_ds)
+        checkpoint = tf.train.Checkpoint(model=checkpoints.model_tree(model), optimizer=optimizer,
+                                         iterator=iterator)
+    else:
+        checkpoint = tf.train.Checkpoint(model=checkpoints.model_tree(model), optimizer=optimizer)
+    if latest is not None:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s at step %d.", latest, int(optimizer.iterations.numpy()))
+    if not save_iterator:
+        train_ds = train_ds.skip(int(optimizer.iterations.numpy()))
+        iterator = iter(train_ds if host_input else strategy.experimental_distribute_dataset(
+            _with_sharding_policy(train_ds)))
+
+    save_dir = model_dir if chief else os.path.join(
+        model_dir, f".worker_{strategy_lib.task_id(strategy)}_tmp")
+    manager = tf.train.CheckpointManager(
+        checkpoint, save_dir, max_to_keep=fv.keep_checkpoints,
+        step_counter=optimizer.iterations)
+
+    # Built before training so that an unusable evaluation source fails now, not at the end.
+    eval_ds = task.eval_dataset(fv.global_batch_size)
+    train_step = _make_train_step(task, model, optimizer, strategy, fv.global_clipnorm,
+                                  host_input)
+    eval_step = _make_eval_step(task, model, strategy, host_input)
+    log = ProgressLog(model_dir, chief, fv.train_steps, fv.global_batch_size)
+    step = int(optimizer.iterations.numpy())
+    start_step = step
+    last_saved = step if latest is not None else None
+    eval_metrics = {}
+    log.start(step)
+    while step < fv.train_steps:
+        loss, sums, grad_norm = train_step(iterator)
+        step += 1
+        loss, grad_norm = float(loss), float(grad_norm)
+        # A non-finite gradient has already made the weights non-finite: stop before saving.
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            _discard_worker_dir(save_dir, model_dir)
+            kept = manager.latest_checkpoint or "none was written yet"
+            raise NonFiniteLossError(
+                f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
+                f"{step}; stopped without saving "
+                f"this step. The last good checkpoint is kept: {kept}. Lower --learning_rate, "
+                "raise --warmup_steps or set --global_clipnorm, then restart from it.")
+        log.accumulate({k: float(v) for k, v in sums.items()})
+        if step % fv.log_every == 0 or step in (start_step + 1, fv.train_steps):
+            log.write(step, loss, float(schedule(step - 1)), grad_norm, task.metrics)
+        if step % fv.checkpoint_every == 0 or step == fv.train_steps:
+            manager.save(checkpoint_number=step)
+            last_saved = step
+        if fv.eval_every and step % fv.eval_every == 0 and step != fv.train_steps:
+            eval_metrics = _evaluate(task, eval_ds, eval_step, strategy, fv, log, step, host_input)
+            log.restart_clock()
+    if step > start_step or not eval_metrics:
+        eval_metrics = _evaluate(task, eval_ds, eval_step, strategy, fv, log, step, host_input)
+    _discard_worker_dir(save_dir, model_dir)
+    logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
+    if fv.export_dir and chief:
+        path = task.export(model, fv.export_dir)
+        logging.info("Exported a SavedModel to %s", path)
+    log.close()
+    return eval_metrics
+
+
+def _with_sharding_policy(dataset):
+    # In-memory and generated datasets cannot be sharded by file; every worker builds the same
+    # deterministic pipeline and keeps its own slice of each global batch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _split_for_replicas(strategy, batch):
+    """Distributes a global batch: replica r of n gets rows [r * b // n, (r + 1) * b // n)."""
+
+    def replica_slice(context):
+        index, count = context.replica_id_in_sync_group, context.num_replicas_in_sync
+
+        def cut(tensor):
+            size = tf.shape(tensor)[0]
+            return tensor[size * index // count: size * (index + 1) // count]
+
+        return tf.nest.map_structure(cut, batch)
+
+    return strategy.experimental_distribute_values_from_function(replica_slice)
+
+
+def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
+    variables = model.trainable_variables
+
+    def replica_step(batch):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            loss_sum, normaliser, sums = task.loss_terms(model, batch, training=True)
+            total = context.all_reduce(SUM, tf.cast(normaliser, tf.float32))
+            loss = tf.cast(loss_sum, tf.float32) / tf.maximum(total, 1e-12)
+        grads = tape.gradient(loss, variables)
+        grads = context.all_reduce(SUM, [tf.convert_to_tensor(g) for g in grads])
+        if clipnorm > 0:
+            grads, grad_norm = tf.clip_by_global_norm(grads, clipnorm)
+        else:
+            grad_norm = tf.linalg.global_norm(grads)
+        optimizer.apply(grads, variables)
+        return loss, sums, grad_norm
+
+    @tf.function
+    def train_step(iterator):
+        batch = next(iterator)
+        if host_input:
+            batch = _split_for_replicas(strategy, batch)
+        loss, sums, grad_norm = strategy.run(replica_step, args=(batch,))
+        reduce = lambda x: strategy.reduce(SUM, x, axis=None)  # noqa: E731
+        grad_norm = strategy.experimental_local_results(grad_norm)[0]
+        return reduce(loss), {k: reduce(v) for k, v in sums.items()}, grad_norm
+
+    return train_step
+
+
+def _make_eval_step(task, model, strategy, host_input):
+    def replica_step(batch):
+        _, _, sums = task.loss_terms(model, batch, training=False)
+        return sums
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(batch):
+        if host_input:
+            batch = _split_for_replicas(strategy, batch)
+        sums = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce(SUM, v, axis=None) for k, v in sums.items()}
+
+    return eval_step
+
+
+def _evaluate(task, dataset, eval_step, strategy, fv, log, step, host_input):
+    if dataset is None:
+        return {}
+    if not host_input:
+        dataset = strategy.experimental_distribute_dataset(_with_sharding_policy(dataset))
+    totals = {}
+    batches = 0
+    for batch in dataset:
+        for key, value in eval_step(batch).items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+        batches += 1
+        if fv.eval_steps and batches >= fv.eval_steps:
+            break
+    if not batches:
+        raise ValueError("The evaluation dataset yielded no batch.")
+    metrics = task.metrics(totals)
+    log.write_eval(step, metrics, batches)
+    return metrics
+
+
+def _discard_worker_dir(save_dir, model_dir):
+    # Non-chief workers take part in saving (collectives) but their copies are throwaway.
+    if save_dir != model_dir:
+        if tf.io.gfile.exists(save_dir):
+            tf.io.gfile.rmtree(save_dir)

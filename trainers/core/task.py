@@ -1,0 +1,52 @@
+"""What a trainer supplies to the shared loop: model, data, loss, metrics, export."""
+
+
+class Task:
+    """Base class of the trainers' tasks; `trainers.core.loop.run` drives one.
+
+    Subclasses set `kind` ("text" or "vision") and `default_model`, and implement the
+    methods below. `prepare` may read data (e.g. learn a vocabulary); it runs after the flags
+    were validated and the flags file was written.
+    """
+
+    kind = None
+    default_model = None
+
+    def __init__(self, flag_values):
+        self.flags = flag_values
+
+    def prepare(self, model_dir, is_chief):
+        """Everything `build_model` and the datasets need (vocabulary, dataset info)."""
+
+    def build_model(self):
+        """Returns the keras.Model to train; called inside `strategy.scope()`."""
+        raise NotImplementedError
+
+    def initialize_from_pretrained(self, model):
+        """Loads pretrained weights into a fresh model (not called when resuming)."""
+
+    def train_dataset(self, global_batch_size):
+        """An infinite tf.data.Dataset of global batches (drop_remainder), deterministic."""
+        raise NotImplementedError
+
+    def eval_dataset(self, global_batch_size):
+        """A tf.data.Dataset of evaluation batches, or None."""
+        return None
+
+    def loss_terms(self, model, batch, training):
+        """Runs in a replica context on this replica's share of a batch.
+
+        Returns `(loss_sum, normaliser, sums)`: the summed (weighted) per-example loss, the
+        summed weights it should be divided by, and a dict of float32 scalar sums for the
+        metrics. The loop divides `loss_sum` by the normaliser summed over ALL replicas, so the
+        loss and its gradient do not depend on how the batch is split.
+        """
+        raise NotImplementedError
+
+    def metrics(self, sums):
+        """Turns summed statistics (over replicas and batches) into named metrics."""
+        raise NotImplementedError
+
+    def export(self, model, export_dir):
+        """Writes a SavedModel under export_dir; returns its path."""
+        raise NotImplementedError

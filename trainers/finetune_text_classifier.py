@@ -1,0 +1,148 @@
+"""Text classification fine-tuning of a (pretrained) gMLP backbone, e.g. SST-2.
+
+    python -m trainers.finetune_text_classifier --init_checkpoint=/tmp/mlm \\
+        --data=train.tsv --eval_data=dev.tsv --model_dir=/tmp/sst2 --train_steps=500
+
+    python -m trainers.finetune_text_classifier --init_checkpoint=/tmp/mlm \\
+        --data=tfds:glue/sst2 --data_dir=~/tensorflow_datasets --model_dir=/tmp/sst2
+
+--init_checkpoint is a trainers.pretrain_mlm model_dir (its latest checkpoint) or a checkpoint
+prefix in one: the backbone config (model_config.json), vocabulary (vocab.txt) and backbone
+weights come from it; the classification head starts fresh. Without it, the backbone is built
+from --model / --model_overrides and --vocab_file and trained from scratch.
+Data: TSV/CSV files (text and label columns; see keras_gmlp.data.classification_dataset) or
+"tfds:NAME" prepared offline in --data_dir, evaluated on --eval_data (files) or --eval_split.
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_gmlp import data
+from keras_gmlp.models import GMLPBackbone
+from keras_gmlp.models import GMLPTextClassifier
+from trainers.core import checkpoints
+from trainers.core import export
+from trainers.core import flags as flags_lib
+from trainers.core import loop
+from trainers.core import text
+from trainers.core.task import Task
+
+
+def _pretrain_dir(init_checkpoint):
+    if tf.io.gfile.isdir(init_checkpoint):
+        return init_checkpoint
+    return os.path.dirname(init_checkpoint)
+
+
+class TextClassificationTask(Task):
+    """Cross-entropy over labels; accuracy."""
+
+    kind = flags_lib.TEXT
+    default_model = "gmlp_tiny"
+
+    def prepare(self, model_dir, is_chief):
+        fv = self.flags
+        if fv.init_checkpoint:
+            source_dir = _pretrain_dir(fv.init_checkpoint)
+            self.backbone_kwargs = text.load_backbone_config(source_dir)
+            if fv.sequence_length:
+                self.backbone_kwargs["sequence_length"] = fv.sequence_length
+            vocab_file = fv.vocab_file or os.path.join(source_dir, text.VOCAB_FILE)
+            self.vocabulary = data.load_vocabulary(vocab_file)
+            if is_chief:
+                data.save_vocabulary(self.vocabulary, os.path.join(model_dir, text.VOCAB_FILE))
+        else:
+            self.vocabulary = text.resolve_vocabulary(fv, model_dir, is_chief, None)
+            self.backbone_kwargs = text.backbone_kwargs(
+                fv, len(self.vocabulary), self.default_model)
+        self.sequence_length = self.backbone_kwargs["sequence_length"]
+        self.tokenizer = data.make_tokenizer(self.vocabulary, lowercase=fv.lowercase)
+        info = data.classification_info(fv.data, "train", fv.data_dir)
+        self.label_names = list(info["label_names"])
+        self.num_classes = info["num_classes"]
+        if fv.num_classes != self.num_classes:
+            logging.warning("--num_classes=%d differs from the %d labels in --data; using %d.",
+                            fv.num_classes, self.num_classes, self.num_classes)
+
+    def build_model(self):
+        return GMLPTextClassifier(GMLPBackbone(**self.backbone_kwargs), self.num_classes,
+                                  dropout=self.flags.classifier_dropout)
+
+    def initialize_from_pretrained(self, model):
+        fv = self.flags
+        if not fv.init_checkpoint:
+            return
+        path = fv.init_checkpoint
+        if tf.io.gfile.isdir(path):
+            path = tf.train.latest_checkpoint(path)
+        # Every backbone variable must be found in the masked LM's checkpoint; its head and
+        # optimizer state are ignored.
+        count = checkpoints.restore_backbone(model.backbone, path)
+        logging.info("Initialised the backbone (%d variables) from %s.", count, path)
+
+    def _dataset(self, source, split, batch_size, training):
+        fv = self.flags
+        return data.classification_dataset(
+            source, self.tokenizer, self.sequence_length, batch_size, split=split,
+            data_dir=fv.data_dir, seed=fv.seed, shuffle=training, repeat=training,
+            drop_remainder=training, label_names=self.label_names)
+
+    def train_dataset(self, global_batch_size):
+        return self._dataset(self.flags.data, "train", global_batch_size, True)
+
+    def eval_dataset(self, global_batch_size):
+        fv = self.flags
+        if fv.eval_data:
+            return self._dataset(fv.eval_data, "train", global_batch_size, False)
+        if fv.data.startswith("tfds:"):
+            return self._dataset(fv.data, fv.eval_split, global_batch_size, False)
+        return None  # files have no splits: pass --eval_data
+
+    def loss_terms(self, model, batch, training):
+        x, labels = batch
+        labels = tf.cast(labels, tf.int32)
+        logits = model(x, training=training)
+        losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        loss_sum = tf.reduce_sum(losses)
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return loss_sum, count, dict(loss_sum=loss_sum, count=count, correct=tf.reduce_sum(hits))
+
+    def metrics(self, sums):
+        count = max(sums["count"], 1e-12)
+        return dict(loss=sums["loss_sum"] / count, accuracy=sums["correct"] / count)
+
+    def export(self, model, export_dir):
+        return export.export(model, export_dir, tokenizer=self.tokenizer,
+                             label_names=self.label_names, top_k=min(5, self.num_classes))
+
+
+main = loop.main_for(TextClassificationTask)
+
+
+def define_flags(fv=flags.FLAGS):
+    flags_lib.define_common_flags(fv)
+    flags_lib.define_text_flags(fv)
+    flags_lib.define_finetune_flags(fv)
+    flags_lib.register_validators(flags_lib.TEXT, fv)
+    flags.register_validator(
+        "data", lambda value: bool(value),
+        message="--data: required (a TSV/CSV file glob, or tfds:NAME such as tfds:glue/sst2 "
+        "with --data_dir)", flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["init_checkpoint", "vocab_file"],
+        lambda values: bool(values["init_checkpoint"] or values["vocab_file"]),
+        message="--init_checkpoint or --vocab_file: one is required (the vocabulary comes from "
+        "the pretraining model_dir, or from --vocab_file when training from scratch)",
+        flag_values=fv)
+
+
+if __name__ == "__main__":
+    define_flags()
+    flags.adopt_module_key_flags(flags_lib)  # --helpshort lists the shared flags too
+    app.run(main)

@@ -1,0 +1,128 @@
+"""ImageNet-style classification with a gMLP vision backbone.
+
+    python -m trainers.train_image_classifier --model_dir=/tmp/digits --train_steps=300
+
+Data (--data): unset = scikit-learn's 8x8 digits (installed with the dependencies);
+"tfds:NAME" (e.g. tfds:cifar10, tfds:imagenet2012) read offline from --data_dir; an image
+folder root/split/label/*.jpg|png; or "tfrecord:GLOB". Augmentation: --random_resized_crop,
+--random_flip, --randaugment_layers, --mixup_alpha, --cutmix_alpha, --label_smoothing.
+Evaluation reports top-1 and top-5 accuracy on --eval_split. See trainers/core/flags.py.
+"""
+
+import keras
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_gmlp import data
+from keras_gmlp.models import GMLPImageClassifier
+from keras_gmlp.models import GMLPVisionBackbone
+from keras_gmlp.models.presets import VISION_PRESETS
+from keras_gmlp.models.presets import get_preset
+from trainers.core import export
+from trainers.core import flags as flags_lib
+from trainers.core import loop
+from trainers.core.task import Task
+
+
+class ImageClassificationTask(Task):
+    """Softmax cross-entropy on int or soft (MixUp/CutMix/label-smoothed) labels; top-1/top-5."""
+
+    kind = flags_lib.VISION
+    default_model = "gmlp_tiny4_32"
+
+    def prepare(self, model_dir, is_chief):
+        fv = self.flags
+        if fv.data is None:
+            logging.info("No --data: training on scikit-learn's 8x8 digits (10 classes).")
+        self.info = data.dataset_info(fv.data, split="train", data_dir=fv.data_dir,
+                                      num_classes=fv.num_classes)
+        kwargs = get_preset(fv.model or self.default_model, VISION_PRESETS)
+        overrides = flags_lib.parse_overrides(fv.model_overrides)
+        height, width, channels = self.info.image_shape
+        if fv.image_size:
+            height = width = fv.image_size
+        elif "image_shape" in overrides or height is None:
+            height, width = tuple(overrides.get("image_shape", kwargs["image_shape"]))[:2]
+        kwargs.update(overrides)
+        kwargs["image_shape"] = (height, width, channels or kwargs["image_shape"][2])
+        if height % kwargs["patch_size"] or width % kwargs["patch_size"]:
+            raise ValueError(
+                f"--image_size / data resolution {height}x{width} is not a multiple of the "
+                f"patch size {kwargs['patch_size']}; set --model_overrides=patch_size=... or "
+                "--image_size.")
+        self.backbone_kwargs = kwargs
+        self.num_classes = self.info.num_classes
+        logging.info("Images %s, %d classes, %d-pixel patches.", kwargs["image_shape"],
+                     self.num_classes, kwargs["patch_size"])
+
+    def build_model(self):
+        return GMLPImageClassifier(GMLPVisionBackbone(**self.backbone_kwargs), self.num_classes,
+                                   dropout=self.flags.classifier_dropout)
+
+    def _dataset(self, split, batch_size, training):
+        fv = self.flags
+        height, width, channels = self.backbone_kwargs["image_shape"]
+        augment = {}
+        if training:
+            augment = dict(
+                random_resized_crop=fv.random_resized_crop, horizontal_flip=fv.random_flip,
+                rand_augment=fv.randaugment_layers > 0,
+                rand_augment_num_ops=max(fv.randaugment_layers, 1), mixup_alpha=fv.mixup_alpha,
+                cutmix_alpha=fv.cutmix_alpha, label_smoothing=fv.label_smoothing)
+        return data.image_dataset(
+            fv.data, split=split, image_size=(height, width), batch_size=batch_size,
+            training=training, seed=fv.seed, data_dir=fv.data_dir, num_classes=self.num_classes,
+            channels=channels, shuffle=training, repeat=training, drop_remainder=training,
+            **augment)
+
+    def train_dataset(self, global_batch_size):
+        return self._dataset("train", global_batch_size, True)
+
+    def eval_dataset(self, global_batch_size):
+        return self._dataset(self.flags.eval_split, global_batch_size, False)
+
+    def loss_terms(self, model, batch, training):
+        images, labels = batch
+        logits = model(images, training=training)
+        if labels.shape.rank == 2:  # soft labels from MixUp / CutMix / label smoothing
+            labels = tf.cast(labels, tf.float32)
+            losses = keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
+            label_ids = tf.argmax(labels, -1, output_type=tf.int32)
+        else:
+            label_ids = tf.cast(labels, tf.int32)
+            losses = keras.losses.sparse_categorical_crossentropy(
+                label_ids, logits, from_logits=True)
+        k = min(5, self.num_classes)
+        top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label_ids),
+                       tf.float32)
+        top5 = tf.cast(tf.math.in_top_k(label_ids, logits, k), tf.float32)
+        loss_sum = tf.reduce_sum(losses)
+        count = tf.cast(tf.shape(logits)[0], tf.float32)
+        return loss_sum, count, dict(loss_sum=loss_sum, count=count,
+                                     top1=tf.reduce_sum(top1), top5=tf.reduce_sum(top5))
+
+    def metrics(self, sums):
+        count = max(sums["count"], 1e-12)
+        return dict(loss=sums["loss_sum"] / count, top1_accuracy=sums["top1"] / count,
+                    top5_accuracy=sums["top5"] / count)
+
+    def export(self, model, export_dir):
+        return export.export(model, export_dir, label_names=list(self.info.label_names),
+                             top_k=min(5, self.num_classes))
+
+
+main = loop.main_for(ImageClassificationTask)
+
+
+def define_flags(fv=flags.FLAGS):
+    flags_lib.define_common_flags(fv)
+    flags_lib.define_image_flags(fv)
+    flags_lib.register_validators(flags_lib.VISION, fv)
+
+
+if __name__ == "__main__":
+    define_flags()
+    flags.adopt_module_key_flags(flags_lib)  # --helpshort lists the shared flags too
+    app.run(main)

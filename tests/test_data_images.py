@@ -52,7 +52,7 @@ def _example(encoded, label):
 
 
 def test_digits_default_is_logged_and_matches_scikit_learn(caplog):
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         dataset = images.image_dataset(split="validation", training=False, batch_size=100)
     assert "using default image dataset scikit-learn load_digits" in caplog.text
     x, y = _all(dataset)

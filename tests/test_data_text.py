@@ -53,7 +53,7 @@ def _write_tfrecord(path, texts, key="text"):
 def test_default_corpus_is_logged_and_is_pydoc_topics(caplog):
     from pydoc_data import topics
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         lines = text.text_lines()
     assert "using default corpus pydoc_data.topics" in caplog.text
     first = [line.decode() for line in lines.take(5).as_numpy_iterator()]

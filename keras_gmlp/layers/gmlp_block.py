@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_gmlp.layers.gelu import gelu_exact
+from keras_gmlp.layers.layer_norm import FastLayerNormalization
 from keras_gmlp.layers.masking import resolve_padding_mask
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
 from keras_gmlp.layers.tiny_attention import TinyAttention
@@ -71,7 +73,7 @@ class GMLPBlock(keras.layers.Layer):
         self.supports_masking = True
 
         policy = self.dtype_policy
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = FastLayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm"
         )
         self.channel_projection_in = keras.layers.Dense(
@@ -129,7 +131,7 @@ class GMLPBlock(keras.layers.Layer):
         gate_bias = None
         if self.tiny_attention is not None:
             gate_bias = self.tiny_attention(x, padding_mask=padding_mask)
-        x = keras.activations.gelu(self.channel_projection_in(x), approximate=False)
+        x = gelu_exact(self.channel_projection_in(x))
         x = self.spatial_gating_unit(x, padding_mask=padding_mask, gate_bias=gate_bias)
         x = self.channel_projection_out(x)
         x = self.output_dropout(x, training=training)

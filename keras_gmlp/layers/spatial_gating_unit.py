@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_gmlp.layers.layer_norm import FastLayerNormalization
 from keras_gmlp.layers.masking import causal_mask
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
@@ -71,7 +72,7 @@ class SpatialGatingUnit(keras.layers.Layer):
         )
         self.spatial_bias_initializer = keras.initializers.get(spatial_bias_initializer)
         self.supports_masking = True
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = FastLayerNormalization(
             epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
         )
 

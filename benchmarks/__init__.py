@@ -1,0 +1,1 @@
+"""Throughput and hardware-efficiency benchmarks for keras_gmlp (`python -m benchmarks.run`)."""

@@ -1,0 +1,187 @@
+"""Where a gMLP block's time goes: implementation variants timed side by side.
+
+A stack of gMLP-S blocks (batch 8, 196 tokens, d 256, d_ffn 1536) is run
+forward and backward (gradients for inputs and weights). The first rows are
+keras_gmlp's own `GMLPBlock`, with XLA off and on; the others are a keras.ops
+copy of the block that changes one thing at a time: the SGU's token-mixing
+product (broadcast matmul, einsum, transpose to one large matmul), GELU (the
+layer's float32 GELU with a written-out gradient; Keras' GELU differentiated
+by autodiff, as keras_gmlp did before; tanh), LayerNorm (the layer's
+closed-form gradient; Keras' LayerNormalization, as before), and lower bounds
+with LayerNorm and/or GELU removed. Variants are interleaved over
+rounds and the minimum is reported, since contention on a shared machine
+only adds time.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from benchmarks import flops
+from benchmarks.common import release
+from benchmarks.timing import measure
+from keras_gmlp.layers import GMLPBlock
+from keras_gmlp.layers.gelu import gelu_exact
+from keras_gmlp.layers.layer_norm import _layer_norm_last_axis
+
+
+def _gelu(x, kind):
+    if kind == "written_gradient_float32":  # keras_gmlp's GMLPBlock
+        return gelu_exact(x)
+    if kind == "autodiff":  # keras_gmlp before: Keras' gelu in the compute dtype
+        return ops.gelu(x, approximate=False)
+    if kind == "autodiff_float32":
+        return ops.cast(ops.gelu(ops.cast(x, "float32"), approximate=False), x.dtype)
+    if kind == "tanh":
+        return ops.gelu(x, approximate=True)
+    if kind == "none":
+        return x
+    raise ValueError(kind)
+
+
+def _layer_norm(x, gamma, beta, kind, epsilon):
+    if kind == "none":
+        return x
+    if kind == "closed_form_gradient":  # keras_gmlp's FastLayerNormalization
+        return ops.cast(
+            _layer_norm_last_axis(ops.cast(x, "float32"), ops.convert_to_tensor(gamma),
+                                  ops.convert_to_tensor(beta),
+                                  ops.convert_to_tensor(epsilon, "float32")),
+            x.dtype,
+        )
+    return ops.cast(ops.layer_normalization(x, gamma, beta, epsilon=epsilon), x.dtype)
+
+
+def _spatial(kernel, v, kind):
+    if kind == "broadcast_matmul":
+        return ops.matmul(kernel, v)
+    if kind == "einsum":
+        return ops.einsum("mn,bnd->bmd", kernel, v)
+    if kind == "transpose_one_matmul":
+        batch, n, d = ops.shape(v)[0], v.shape[1], v.shape[2]
+        flat = ops.reshape(ops.transpose(v, (1, 0, 2)), (n, -1))
+        return ops.transpose(ops.reshape(ops.matmul(kernel, flat), (n, batch, d)), (1, 0, 2))
+    raise ValueError(kind)
+
+
+def _block(x, w, options, compute_dtype):
+    cast = lambda t: ops.cast(t, compute_dtype)  # noqa: E731
+    h = _layer_norm(x, w["norm_gamma"], w["norm_beta"], options["layernorm"], 1e-6)
+    h = _gelu(ops.matmul(h, cast(w["in_kernel"])) + cast(w["in_bias"]), options["gelu"])
+    u, v = ops.split(h, 2, axis=-1)
+    v = _layer_norm(v, w["gate_gamma"], w["gate_beta"], options["layernorm"], 1e-5)
+    v = _spatial(cast(w["spatial_kernel"]), v, options["sgu"]) + cast(w["spatial_bias"])[:, None]
+    h = ops.matmul(u * v, cast(w["out_kernel"])) + cast(w["out_bias"])
+    return x + h
+
+
+DEFAULTS = dict(sgu="broadcast_matmul", gelu="written_gradient_float32", layernorm="closed_form_gradient")
+VARIANTS = {
+    "GMLPBlock's ops, functional copy": {},
+    "before: Keras GELU (autodiff, compute dtype) and Keras LayerNorm": dict(gelu="autodiff", layernorm="keras"),
+    "GELU back to Keras' (autodiff, compute dtype)": dict(gelu="autodiff"),
+    "LayerNorm back to Keras' (autodiff)": dict(layernorm="keras"),
+    "SGU einsum": dict(sgu="einsum"),
+    "SGU transpose + one (n,n)@(n,b*d) matmul": dict(sgu="transpose_one_matmul"),
+    "GELU tanh approximation (exact stays the default)": dict(gelu="tanh"),
+    "no GELU (bound)": dict(gelu="none"),
+    "no LayerNorm (bound)": dict(layernorm="none"),
+    "matmuls only (bound)": dict(gelu="none", layernorm="none"),
+}
+BF16_VARIANTS = {
+    "GELU by autodiff, in float32": dict(gelu="autodiff_float32"),
+}
+
+
+def _weights(num_layers, n, d, f, seed=0):
+    rng = np.random.default_rng(seed)
+    layers = []
+    for _ in range(num_layers):
+        layers.append({
+            "norm_gamma": np.ones(d), "norm_beta": np.zeros(d),
+            "in_kernel": rng.normal(0, 0.05, (d, f)), "in_bias": np.zeros(f),
+            "gate_gamma": np.ones(f // 2), "gate_beta": np.zeros(f // 2),
+            "spatial_kernel": rng.normal(0, 0.02, (n, n)), "spatial_bias": np.ones(n),
+            "out_kernel": rng.normal(0, 0.05, (f // 2, d)), "out_bias": np.zeros(d),
+        })
+    return [{k: tf.Variable(v.astype("float32")) for k, v in layer.items()} for layer in layers]
+
+
+def _functional_step(weights, options, compute_dtype, jit_compile):
+    variables = [v for layer in weights for v in layer.values()]
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            h = ops.cast(x, compute_dtype)
+            for w in weights:
+                h = _block(h, w, options, compute_dtype)
+            loss = ops.sum(ops.square(ops.cast(h, "float32")))
+        return tape.gradient(loss, [x] + variables)
+
+    return step
+
+
+def _layer_step(num_layers, n, d, f, policy, jit_compile):
+    blocks = [GMLPBlock(d, f, n, dtype=policy) for _ in range(num_layers)]
+    for block in blocks:
+        block.build((None, n, d))
+    variables = [v for block in blocks for v in block.trainable_variables]
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            h = x
+            for block in blocks:
+                h = block(h, training=True)
+            loss = ops.sum(ops.square(ops.cast(h, "float32")))
+        return tape.gradient(loss, [x] + variables)
+
+    return step
+
+
+def run(quick=False, rounds=None, log=print):
+    """Rows of (variant, policy, jit) with min/median fwd+bwd time and speedup vs the layer."""
+    if quick:
+        num_layers, batch, n, d, f, reps = 1, 2, 16, 16, 48, 2
+    else:
+        num_layers, batch, n, d, f, reps = 4, 8, 196, 256, 1536, 3
+    rounds = rounds or (1 if quick else 3)
+    x = tf.random.stateless_normal((batch, n, d), (0, 0))
+    step_flops = flops.training(num_layers * flops.gmlp_block_forward(batch, n, d, f))
+    cases = []
+    for policy in ("float32", "mixed_bfloat16"):
+        compute_dtype = "bfloat16" if policy == "mixed_bfloat16" else "float32"
+        cases.append(("GMLPBlock layer (keras_gmlp)", policy, False, None))
+        cases.append(("GMLPBlock layer (keras_gmlp)", policy, True, None))
+        variants = dict(VARIANTS, **(BF16_VARIANTS if compute_dtype == "bfloat16" else {}))
+        for name, change in variants.items():
+            cases.append((name, policy, False, (dict(DEFAULTS, **change), compute_dtype)))
+    times = {}
+    weights = _weights(num_layers, n, d, f)
+    for _ in range(rounds):
+        for name, policy, jit, functional in cases:
+            release()
+            keras.config.set_dtype_policy(policy)
+            if functional is None:
+                step = _layer_step(num_layers, n, d, f, policy, jit)
+            else:
+                step = _functional_step(weights, functional[0], functional[1], jit)
+            timing = measure(lambda: step(x), warmup=1, steps=reps)
+            times.setdefault((name, policy, jit), []).extend(timing["times_s"])
+    release()
+    rows = []
+    for (name, policy, jit), ts in times.items():
+        base = min(times[("GMLPBlock layer (keras_gmlp)", policy, False)])
+        row = {
+            "section": "variants", "variant": name, "policy": policy, "jit_compile": jit,
+            "num_layers": num_layers, "batch": batch, "tokens": n, "hidden_dim": d, "ffn_dim": f,
+            "step_ms_min": 1e3 * min(ts), "step_ms": 1e3 * float(np.median(ts)), "step_times_s": ts,
+            "gflops_best": step_flops / min(ts) / 1e9, "speedup_vs_baseline": base / min(ts),
+        }
+        log(row)
+        rows.append(row)
+    return rows

@@ -559,3 +559,22 @@ def test_keras_file_records_version_and_config(exported, tmp_path, rng):
     assert read_keras_metadata(plain) is None
     with zipfile.ZipFile(path) as archive:
         assert {"config.json", "metadata.json", "keras_gmlp.json"} <= set(archive.namelist())
+
+
+def test_saved_models_hold_no_xla_compiled_functions(exported):
+    # Training fuses element-wise kernels with XLA; exports must trace the plain ops so that
+    # servers without XLA on CPU (TF Serving's default) can run them.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    for name, path in exported["exports"].items():
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        library = proto.meta_graphs[0].graph_def.library
+        assert len(library.function) > 0, name
+        compiled = [
+            function.signature.name
+            for function in library.function
+            if function.attr["_XlaMustCompile"].b
+        ]
+        assert compiled == [], (name, compiled)

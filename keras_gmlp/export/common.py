@@ -18,6 +18,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from keras_gmlp.layers.fusion import fusion_disabled
 from keras_gmlp.version import __version__
 
 METADATA_FILENAME = "keras_gmlp.json"
@@ -187,9 +188,12 @@ def save_versioned(make_module, export_base, version):
     try:
         asset_dir = os.path.join(work_dir, "asset_sources")
         os.makedirs(asset_dir)
-        module, signatures = make_module(asset_dir)
-        saved_dir = os.path.join(work_dir, "saved_model")
-        tf.saved_model.save(module, saved_dir, signatures=signatures)
+        # Traced without the XLA-fused kernels: a SavedModel of standard ops runs wherever
+        # TensorFlow does, TF Serving included (which leaves XLA on CPU off by default).
+        with fusion_disabled():
+            module, signatures = make_module(asset_dir)
+            saved_dir = os.path.join(work_dir, "saved_model")
+            tf.saved_model.save(module, saved_dir, signatures=signatures)
         os.rename(saved_dir, final_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """keras_gmlp layers: the Spatial Gating Unit, gMLP/aMLP blocks and their helpers."""
 
+from keras_gmlp.layers.fusion import fusion_disabled
 from keras_gmlp.layers.gelu import gelu_exact
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.layers.layer_norm import FastLayerNormalization
@@ -15,5 +16,6 @@ __all__ = [
     "PatchEmbedding",
     "SpatialGatingUnit",
     "TinyAttention",
+    "fusion_disabled",
     "gelu_exact",
 ]

@@ -3,10 +3,104 @@
 import keras
 from keras import ops
 
+from keras_gmlp.layers.fusion import fused
 from keras_gmlp.layers.layer_norm import FastLayerNormalization
+from keras_gmlp.layers.layer_norm import normalize
+from keras_gmlp.layers.layer_norm import normalize_backward
 from keras_gmlp.layers.masking import causal_mask
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
+
+
+# The element-wise work around the token-mixing matmul, as two fused kernels each way (see
+# keras_gmlp.layers.fusion): split + LayerNorm(v) + padding mask before it, bias + gate product
+# after it. Float32 inside, the compute dtype outside.
+@fused
+def _split_normalize_forward(x, gamma, beta, mask, epsilon):
+    u, v = ops.split(x, 2, axis=-1)
+    normalized, inv = normalize(ops.cast(v, "float32"), epsilon)
+    v = normalized * gamma + beta
+    if mask is not None:
+        v = v * mask
+    return u, ops.cast(v, x.dtype), inv
+
+
+@fused
+def _split_normalize_backward(x, gamma, inv, mask, d_u, d_v):
+    _, v = ops.split(x, 2, axis=-1)
+    d_v = ops.cast(d_v, "float32")
+    if mask is not None:
+        d_v = d_v * mask
+    d_v_in, normalized = normalize_backward(ops.cast(v, "float32"), inv, d_v * gamma)
+    axes = tuple(range(len(x.shape) - 1))
+    d_x = ops.concatenate([ops.cast(d_u, x.dtype), ops.cast(d_v_in, x.dtype)], axis=-1)
+    return d_x, ops.sum(d_v * normalized, axis=axes), ops.sum(d_v, axis=axes)
+
+
+def _split_normalize(x, gamma, beta, mask, epsilon):
+    """`u, mask * LayerNorm(v)` for `u, v = split(x)`, with a written-out gradient."""
+
+    @ops.custom_gradient
+    def _forward(x, gamma, beta):
+        u, v, inv = _split_normalize_forward(x, gamma, beta, mask, epsilon)
+
+        def grad(*args, upstream=None):
+            # TensorFlow passes one upstream gradient per output, JAX one tuple of them.
+            d_u, d_v = upstream if upstream is not None else (args[0] if len(args) == 1 else args)
+            d_u = ops.zeros_like(u) if d_u is None else d_u
+            d_v = ops.zeros_like(v) if d_v is None else d_v
+            return _split_normalize_backward(x, gamma, inv, mask, d_u, d_v)
+
+        return (u, v), grad
+
+    return _forward(x, gamma, beta)
+
+
+def _gate_input(mixed, bias, gate_bias):
+    gate = ops.cast(mixed, "float32") + ops.expand_dims(bias, -1)
+    if gate_bias is not None:
+        gate = gate + ops.cast(gate_bias, "float32")
+    return gate
+
+
+@fused
+def _gate_forward(u, mixed, bias, gate_bias):
+    return ops.cast(ops.cast(u, "float32") * _gate_input(mixed, bias, gate_bias), u.dtype)
+
+
+@fused
+def _gate_backward(u, mixed, bias, gate_bias, upstream):
+    upstream = ops.cast(upstream, "float32")
+    d_u = upstream * _gate_input(mixed, bias, gate_bias)
+    d_gate = upstream * ops.cast(u, "float32")
+    d_bias = ops.sum(d_gate, axis=tuple(i for i in range(len(u.shape)) if i != len(u.shape) - 2))
+    return ops.cast(d_u, u.dtype), ops.cast(d_gate, mixed.dtype), d_bias, d_gate
+
+
+def _gate(u, mixed, bias, gate_bias):
+    """`u * (mixed + bias[:, None] + gate_bias)` with a written-out gradient."""
+    if gate_bias is None:
+
+        @ops.custom_gradient
+        def _forward(u, mixed, bias):
+            def grad(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                return _gate_backward(u, mixed, bias, None, upstream)[:3]
+
+            return _gate_forward(u, mixed, bias, None), grad
+
+        return _forward(u, mixed, bias)
+
+    @ops.custom_gradient
+    def _forward_with_gate_bias(u, mixed, bias, gate_bias):
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            d_u, d_mixed, d_bias, d_gate = _gate_backward(u, mixed, bias, gate_bias, upstream)
+            return d_u, d_mixed, d_bias, ops.cast(d_gate, gate_bias.dtype)
+
+        return _gate_forward(u, mixed, bias, gate_bias), grad
+
+    return _forward_with_gate_bias(u, mixed, bias, gate_bias)
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -104,19 +198,22 @@ class SpatialGatingUnit(keras.layers.Layer):
         check_sequence_length(self.name, length, self.sequence_length)
         if length is None:
             length = ops.shape(inputs)[-2]
-        u, v = ops.split(inputs, 2, axis=-1)
-        v = self.norm(v)
+        mask = None
         if padding_mask is not None:
-            v = v * ops.cast(ops.expand_dims(padding_mask, -1), v.dtype)
+            mask = ops.expand_dims(ops.cast(padding_mask, "float32"), -1)
+        u, v = _split_normalize(
+            inputs,
+            ops.cast(self.norm.gamma, "float32"),
+            ops.cast(self.norm.beta, "float32"),
+            mask,
+            float(self.layer_norm_epsilon),
+        )
         kernel = ops.cast(self.spatial_kernel[:length, :length], v.dtype)
         if self.causal:
             kernel = ops.where(causal_mask(length), kernel, ops.zeros_like(kernel))
         # A (n, n) @ (batch, n, d) broadcast matmul: no transposes of the activations.
-        v = ops.matmul(kernel, v)
-        v = v + ops.cast(ops.expand_dims(self.spatial_bias[:length], -1), v.dtype)
-        if gate_bias is not None:
-            v = v + ops.cast(gate_bias, v.dtype)
-        return u * v
+        mixed = ops.matmul(kernel, v)
+        return _gate(u, mixed, ops.cast(self.spatial_bias[:length], "float32"), gate_bias)
 
     def compute_mask(self, inputs, mask=None):
         return mask

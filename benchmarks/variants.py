@@ -2,16 +2,20 @@
 
 A stack of gMLP-S blocks (batch 8, 196 tokens, d 256, d_ffn 1536) is run
 forward and backward (gradients for inputs and weights). The first rows are
-keras_gmlp's own `GMLPBlock`, with XLA off and on; the others are a keras.ops
-copy of the block that changes one thing at a time: the SGU's token-mixing
-product (broadcast matmul, einsum, transpose to one large matmul), GELU (the
-layer's float32 GELU with a written-out gradient; Keras' GELU differentiated
-by autodiff, as keras_gmlp did before; tanh), LayerNorm (the layer's
-closed-form gradient; Keras' LayerNormalization, as before), and lower bounds
-with LayerNorm and/or GELU removed. Variants are interleaved over
+keras_gmlp's own `GMLPBlock`: as shipped (element-wise kernels fused by XLA,
+matmuls on TensorFlow's kernels), with the fusion off (the same keras.ops
+run op by op), and with XLA compiling the whole step. The others are a
+keras.ops copy of the block that changes one thing at a time: the SGU's
+token-mixing product (broadcast matmul, einsum, transpose to one large
+matmul), the SGU's split/LayerNorm/gate as plain ops, GELU (Keras' GELU
+differentiated by autodiff, as keras_gmlp did first; tanh), LayerNorm
+(Keras' LayerNormalization), and lower bounds with LayerNorm and/or GELU
+removed. Variants are interleaved over
 rounds and the minimum is reported, since contention on a shared machine
 only adds time.
 """
+
+import contextlib
 
 import keras
 import numpy as np
@@ -23,11 +27,14 @@ from benchmarks.common import release
 from benchmarks.timing import measure
 from keras_gmlp.layers import GMLPBlock
 from keras_gmlp.layers.gelu import gelu_exact
-from keras_gmlp.layers.layer_norm import _layer_norm_last_axis
+from keras_gmlp.layers.fusion import fusion_disabled
+from keras_gmlp.layers.layer_norm import layer_norm
+from keras_gmlp.layers.spatial_gating_unit import _gate
+from keras_gmlp.layers.spatial_gating_unit import _split_normalize
 
 
 def _gelu(x, kind):
-    if kind == "written_gradient_float32":  # keras_gmlp's GMLPBlock
+    if kind == "fused":  # keras_gmlp's GMLPBlock (bias add handled by the caller)
         return gelu_exact(x)
     if kind == "autodiff":  # keras_gmlp before: Keras' gelu in the compute dtype
         return ops.gelu(x, approximate=False)
@@ -43,13 +50,8 @@ def _gelu(x, kind):
 def _layer_norm(x, gamma, beta, kind, epsilon):
     if kind == "none":
         return x
-    if kind == "closed_form_gradient":  # keras_gmlp's FastLayerNormalization
-        return ops.cast(
-            _layer_norm_last_axis(ops.cast(x, "float32"), ops.convert_to_tensor(gamma),
-                                  ops.convert_to_tensor(beta),
-                                  ops.convert_to_tensor(epsilon, "float32")),
-            x.dtype,
-        )
+    if kind == "fused":  # keras_gmlp's FastLayerNormalization
+        return layer_norm(x, ops.cast(gamma, "float32"), ops.cast(beta, "float32"), epsilon)
     return ops.cast(ops.layer_normalization(x, gamma, beta, epsilon=epsilon), x.dtype)
 
 
@@ -68,30 +70,46 @@ def _spatial(kernel, v, kind):
 def _block(x, w, options, compute_dtype):
     cast = lambda t: ops.cast(t, compute_dtype)  # noqa: E731
     h = _layer_norm(x, w["norm_gamma"], w["norm_beta"], options["layernorm"], 1e-6)
-    h = _gelu(ops.matmul(h, cast(w["in_kernel"])) + cast(w["in_bias"]), options["gelu"])
-    u, v = ops.split(h, 2, axis=-1)
-    v = _layer_norm(v, w["gate_gamma"], w["gate_beta"], options["layernorm"], 1e-5)
-    v = _spatial(cast(w["spatial_kernel"]), v, options["sgu"]) + cast(w["spatial_bias"])[:, None]
-    h = ops.matmul(u * v, cast(w["out_kernel"])) + cast(w["out_bias"])
+    h = ops.matmul(h, cast(w["in_kernel"]))
+    if options["gelu"] == "fused":
+        h = gelu_exact(h, w["in_bias"])
+    else:
+        h = _gelu(h + cast(w["in_bias"]), options["gelu"])
+    if options["sgu_elementwise"] == "fused":  # keras_gmlp's SpatialGatingUnit
+        u, v = _split_normalize(h, ops.cast(w["gate_gamma"], "float32"),
+                                ops.cast(w["gate_beta"], "float32"), None, 1e-5)
+        h = _gate(u, _spatial(cast(w["spatial_kernel"]), v, options["sgu"]),
+                  ops.cast(w["spatial_bias"], "float32"), None)
+    else:
+        u, v = ops.split(h, 2, axis=-1)
+        v = _layer_norm(v, w["gate_gamma"], w["gate_beta"], options["layernorm"], 1e-5)
+        v = _spatial(cast(w["spatial_kernel"]), v, options["sgu"]) + cast(w["spatial_bias"])[:, None]
+        h = u * v
+    h = ops.matmul(h, cast(w["out_kernel"])) + cast(w["out_bias"])
     return x + h
 
 
-DEFAULTS = dict(sgu="broadcast_matmul", gelu="written_gradient_float32", layernorm="closed_form_gradient")
+DEFAULTS = dict(sgu="broadcast_matmul", sgu_elementwise="fused", gelu="fused", layernorm="fused")
+PLAIN_SGU = dict(sgu_elementwise="plain")
 VARIANTS = {
     "GMLPBlock's ops, functional copy": {},
-    "before: Keras GELU (autodiff, compute dtype) and Keras LayerNorm": dict(gelu="autodiff", layernorm="keras"),
+    "first version: Keras GELU and LayerNorm (autodiff), plain SGU":
+        dict(gelu="autodiff", layernorm="keras", **PLAIN_SGU),
+    "SGU split/LayerNorm/gate as plain ops": PLAIN_SGU,
     "GELU back to Keras' (autodiff, compute dtype)": dict(gelu="autodiff"),
-    "LayerNorm back to Keras' (autodiff)": dict(layernorm="keras"),
+    "LayerNorm back to Keras' (autodiff)": dict(layernorm="keras", **PLAIN_SGU),
     "SGU einsum": dict(sgu="einsum"),
     "SGU transpose + one (n,n)@(n,b*d) matmul": dict(sgu="transpose_one_matmul"),
     "GELU tanh approximation (exact stays the default)": dict(gelu="tanh"),
     "no GELU (bound)": dict(gelu="none"),
-    "no LayerNorm (bound)": dict(layernorm="none"),
-    "matmuls only (bound)": dict(gelu="none", layernorm="none"),
+    "no LayerNorm (bound)": dict(layernorm="none", **PLAIN_SGU),
+    "matmuls only (bound)": dict(gelu="none", layernorm="none", **PLAIN_SGU),
 }
 BF16_VARIANTS = {
     "GELU by autodiff, in float32": dict(gelu="autodiff_float32"),
 }
+LAYER = "GMLPBlock layer (keras_gmlp)"
+LAYER_UNFUSED = "GMLPBlock layer, fusion off (same ops, one kernel each)"
 
 
 def _weights(num_layers, n, d, f, seed=0):
@@ -155,8 +173,9 @@ def run(quick=False, rounds=None, log=print):
     cases = []
     for policy in ("float32", "mixed_bfloat16"):
         compute_dtype = "bfloat16" if policy == "mixed_bfloat16" else "float32"
-        cases.append(("GMLPBlock layer (keras_gmlp)", policy, False, None))
-        cases.append(("GMLPBlock layer (keras_gmlp)", policy, True, None))
+        cases.append((LAYER, policy, False, None))
+        cases.append((LAYER_UNFUSED, policy, False, None))
+        cases.append((LAYER, policy, True, None))
         variants = dict(VARIANTS, **(BF16_VARIANTS if compute_dtype == "bfloat16" else {}))
         for name, change in variants.items():
             cases.append((name, policy, False, (dict(DEFAULTS, **change), compute_dtype)))
@@ -170,12 +189,16 @@ def run(quick=False, rounds=None, log=print):
                 step = _layer_step(num_layers, n, d, f, policy, jit)
             else:
                 step = _functional_step(weights, functional[0], functional[1], jit)
+            # The fusion switch is read when the step is traced, on its first call.
+            unfused = name == LAYER_UNFUSED
+            with fusion_disabled() if unfused else contextlib.nullcontext():
+                step(x)
             timing = measure(lambda: step(x), warmup=1, steps=reps)
             times.setdefault((name, policy, jit), []).extend(timing["times_s"])
     release()
     rows = []
     for (name, policy, jit), ts in times.items():
-        base = min(times[("GMLPBlock layer (keras_gmlp)", policy, False)])
+        base = min(times[(LAYER, policy, False)])
         row = {
             "section": "variants", "variant": name, "policy": policy, "jit_compile": jit,
             "num_layers": num_layers, "batch": batch, "tokens": n, "hidden_dim": d, "ffn_dim": f,

@@ -5,7 +5,9 @@ forward and backward (gradients for inputs and weights). The first rows are
 keras_gmlp's own `GMLPBlock`: as shipped (element-wise kernels fused by XLA,
 matmuls on TensorFlow's kernels), with the fusion off (the same keras.ops
 run op by op), and with XLA compiling the whole step. The others are a
-keras.ops copy of the block that changes one thing at a time: the SGU's
+keras.ops copy of the block that changes one thing at a time: the layout
+(the previous one: one d_ffn-wide projection, a bias+GELU kernel, a split,
+then the SGU kernels), the SGU's
 token-mixing product (broadcast matmul, einsum, transpose to one large
 matmul), the SGU's split/LayerNorm/gate as plain ops, GELU (Keras' GELU
 differentiated by autodiff, as keras_gmlp did first; tanh), LayerNorm
@@ -29,8 +31,8 @@ from keras_gmlp.layers import GMLPBlock
 from keras_gmlp.layers.gelu import gelu_exact
 from keras_gmlp.layers.fusion import fusion_disabled
 from keras_gmlp.layers.layer_norm import layer_norm
-from keras_gmlp.layers.spatial_gating_unit import _gate
-from keras_gmlp.layers.spatial_gating_unit import _split_normalize
+from keras_gmlp.layers.spatial_gating_unit import _normalize_gate
+from keras_gmlp.layers.spatial_gating_unit import _product
 
 
 def _gelu(x, kind):
@@ -70,43 +72,52 @@ def _spatial(kernel, v, kind):
 def _block(x, w, options, compute_dtype):
     cast = lambda t: ops.cast(t, compute_dtype)  # noqa: E731
     h = _layer_norm(x, w["norm_gamma"], w["norm_beta"], options["layernorm"], 1e-6)
-    h = ops.matmul(h, cast(w["in_kernel"]))
-    if options["gelu"] == "fused":
-        h = gelu_exact(h, w["in_bias"])
+    gate_gamma, gate_beta = ops.cast(w["gate_gamma"], "float32"), ops.cast(w["gate_beta"], "float32")
+    spatial_bias = ops.cast(w["spatial_bias"], "float32")
+    if options["sgu_elementwise"] == "halves":  # keras_gmlp's GMLPBlock
+        u_kernel, v_kernel = ops.split(cast(w["in_kernel"]), 2, axis=-1)
+        u_bias, v_bias = ops.split(w["in_bias"], 2)
+        v = _normalize_gate(ops.matmul(h, v_kernel), v_bias, gate_gamma, gate_beta, None, 1e-5)
+        mixed = _spatial(cast(w["spatial_kernel"]), v, options["sgu"])
+        h = _product(ops.matmul(h, u_kernel), u_bias, mixed, spatial_bias, None)
     else:
-        h = _gelu(h + cast(w["in_bias"]), options["gelu"])
-    if options["sgu_elementwise"] == "fused":  # keras_gmlp's SpatialGatingUnit
-        u, v = _split_normalize(h, ops.cast(w["gate_gamma"], "float32"),
-                                ops.cast(w["gate_beta"], "float32"), None, 1e-5)
-        h = _gate(u, _spatial(cast(w["spatial_kernel"]), v, options["sgu"]),
-                  ops.cast(w["spatial_bias"], "float32"), None)
-    else:
+        h = ops.matmul(h, cast(w["in_kernel"]))
+        if options["gelu"] == "fused":
+            h = gelu_exact(h, w["in_bias"])
+        else:
+            h = _gelu(h + cast(w["in_bias"]), options["gelu"])
         u, v = ops.split(h, 2, axis=-1)
-        v = _layer_norm(v, w["gate_gamma"], w["gate_beta"], options["layernorm"], 1e-5)
-        v = _spatial(cast(w["spatial_kernel"]), v, options["sgu"]) + cast(w["spatial_bias"])[:, None]
-        h = u * v
+        if options["sgu_elementwise"] == "split":  # the previous layout: GELU, split, SGU kernels
+            v = _normalize_gate(v, None, gate_gamma, gate_beta, None, 1e-5)
+            h = _product(u, None, _spatial(cast(w["spatial_kernel"]), v, options["sgu"]), spatial_bias, None)
+        else:
+            v = _layer_norm(v, w["gate_gamma"], w["gate_beta"], options["layernorm"], 1e-5)
+            v = _spatial(cast(w["spatial_kernel"]), v, options["sgu"]) + cast(w["spatial_bias"])[:, None]
+            h = u * v
     h = ops.matmul(h, cast(w["out_kernel"])) + cast(w["out_bias"])
     return x + h
 
 
-DEFAULTS = dict(sgu="broadcast_matmul", sgu_elementwise="fused", gelu="fused", layernorm="fused")
+DEFAULTS = dict(sgu="broadcast_matmul", sgu_elementwise="halves", gelu="fused", layernorm="fused")
 PLAIN_SGU = dict(sgu_elementwise="plain")
+SPLIT = dict(sgu_elementwise="split")  # GELU as its own kernel: needed by every GELU variant
 VARIANTS = {
     "GMLPBlock's ops, functional copy": {},
+    "previous layout: bias+GELU kernel, split, then SGU kernels": SPLIT,
     "first version: Keras GELU and LayerNorm (autodiff), plain SGU":
         dict(gelu="autodiff", layernorm="keras", **PLAIN_SGU),
     "SGU split/LayerNorm/gate as plain ops": PLAIN_SGU,
-    "GELU back to Keras' (autodiff, compute dtype)": dict(gelu="autodiff"),
+    "GELU back to Keras' (autodiff, compute dtype)": dict(gelu="autodiff", **SPLIT),
     "LayerNorm back to Keras' (autodiff)": dict(layernorm="keras", **PLAIN_SGU),
     "SGU einsum": dict(sgu="einsum"),
     "SGU transpose + one (n,n)@(n,b*d) matmul": dict(sgu="transpose_one_matmul"),
-    "GELU tanh approximation (exact stays the default)": dict(gelu="tanh"),
-    "no GELU (bound)": dict(gelu="none"),
+    "GELU tanh approximation (exact stays the default)": dict(gelu="tanh", **SPLIT),
+    "no GELU (bound)": dict(gelu="none", **SPLIT),
     "no LayerNorm (bound)": dict(layernorm="none", **PLAIN_SGU),
     "matmuls only (bound)": dict(gelu="none", layernorm="none", **PLAIN_SGU),
 }
 BF16_VARIANTS = {
-    "GELU by autodiff, in float32": dict(gelu="autodiff_float32"),
+    "GELU by autodiff, in float32": dict(gelu="autodiff_float32", **SPLIT),
 }
 LAYER = "GMLPBlock layer (keras_gmlp)"
 LAYER_UNFUSED = "GMLPBlock layer, fusion off (same ops, one kernel each)"

@@ -147,3 +147,65 @@ def test_fused_and_plain_kernels_agree_on_an_amlp_block(rng, policy):
     tolerance = 1e-5 if policy == "float32" else 3e-2
     for got, want in zip(fused, plain):
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+
+
+def _layer_norm_equation(x, gamma, beta, epsilon):
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) / tf.sqrt(variance + epsilon) * gamma + beta
+
+
+def _block_equations(block, x, mask, causal):
+    # The paper's gMLP/aMLP block with autodiff-able TF ops on the block's own weights,
+    # independent of keras_gmlp's kernels (which take the first projection as two halves and
+    # apply its GELU inside the SGU).
+    n = x.shape[1]
+    padding = tf.cast(mask, tf.float32)[..., None]
+    h = _layer_norm_equation(x, block.norm.gamma, block.norm.beta, block.layer_norm_epsilon)
+    gate_bias = 0.0
+    if block.tiny_attention is not None:
+        attention = block.tiny_attention
+        q, k, v = tf.split(h @ attention.qkv.kernel + attention.qkv.bias, 3, axis=-1)
+        scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(attention.attention_dim)
+        allowed = tf.cast(mask, tf.bool)[:, None, :]
+        if causal:
+            allowed = tf.logical_and(allowed, tf.linalg.band_part(tf.ones((n, n), tf.bool), -1, 0))
+        scores = tf.where(allowed, scores, -1e9)
+        gate_bias = (tf.nn.softmax(scores) @ v) @ attention.output_projection.kernel
+        gate_bias = gate_bias + attention.output_projection.bias
+    projection = block.channel_projection_in
+    z = tf.nn.gelu(h @ projection.kernel + projection.bias, approximate=False)
+    u, v = tf.split(z, 2, axis=-1)
+    sgu = block.spatial_gating_unit
+    v = _layer_norm_equation(v, sgu.norm.gamma, sgu.norm.beta, sgu.layer_norm_epsilon) * padding
+    w = sgu.spatial_kernel[:n, :n]
+    if causal:
+        w = tf.linalg.band_part(w, -1, 0)
+    gate = tf.matmul(w, v) + sgu.spatial_bias[:n, None] + gate_bias
+    out = block.channel_projection_out
+    return x + (u * gate) @ out.kernel + out.bias
+
+
+@pytest.mark.parametrize("attention_dim,causal", [(None, False), (4, True)], ids=["gmlp", "amlp-causal"])
+def test_block_values_and_gradients_match_autodiff_of_the_equations(rng, attention_dim, causal):
+    n, d, ffn = 9, 8, 24
+    block = GMLPBlock(d, ffn, n, tiny_attention_dim=attention_dim, causal=causal)
+    block.build((None, n, d))
+    for variable in block.trainable_variables:
+        # Spread-out weights (W far from its near-zero init) so every path carries gradient.
+        scale = 0.5 if len(variable.shape) == 2 else 0.3
+        variable.assign(rng.normal(scale=scale, size=variable.shape).astype("float32") + (
+            1.0 if "gamma" in variable.path else 0.0))
+    x = tf.constant(rng.normal(loc=0.5, scale=1.5, size=(3, n, d)).astype("float32"))
+    mask = tf.constant([[1] * n, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
+    upstream = tf.constant(rng.normal(size=(3, n, d)).astype("float32"))
+    sources = [x] + block.trainable_variables
+    results = []
+    for fn in (lambda: block(x, padding_mask=mask), lambda: _block_equations(block, x, mask, causal)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn()
+        results.append((out, tape.gradient(out, sources, upstream)))
+    (got, got_grads), (want, want_grads) = results
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for variable, g, w in zip(["x"] + [v.path for v in block.trainable_variables], got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-4, err_msg=variable)

@@ -56,15 +56,22 @@ def fused(fn):
         return fn
     import tensorflow as tf  # the backend is TensorFlow, so this import is already paid for
 
-    # One compiled function per argument rank: with `reduce_retracing`, TensorFlow generalises
-    # the shapes it has seen into one trace, and would drop to an unknown rank when given two.
+    # One compiled function per argument rank and channel count: with `reduce_retracing`,
+    # TensorFlow generalises the shapes it has seen into one trace, and would drop to an unknown
+    # rank, or an unknown channel count that the kernels' reductions need, when given two.
     compiled = {}
+
+    def signature(arg):
+        shape = getattr(arg, "shape", None)
+        if shape is None or shape.rank is None:
+            return None
+        return (shape.rank, shape[-1] if shape.rank else None)
 
     @functools.wraps(fn)
     def call(*args):
         if not _enabled:
             return fn(*args)
-        key = tuple(getattr(getattr(arg, "shape", None), "rank", None) for arg in args)
+        key = tuple(signature(arg) for arg in args)
         if key not in compiled:
             compiled[key] = tf.function(
                 fn, jit_compile=True, autograph=False, reduce_retracing=True

@@ -22,8 +22,13 @@ def _cdf(z):
     return 0.5 + 0.5 * ops.erf(_SQRT_HALF * z)
 
 
-def _derivative(z):
-    # d/dz z Phi(z) = Phi(z) + z phi(z).
+def gelu_value(z):
+    """`z * Phi(z)` of a float32 tensor, as plain ops (for use inside fused kernels)."""
+    return z * _cdf(z)
+
+
+def gelu_derivative(z):
+    """d/dz z Phi(z) = Phi(z) + z phi(z) of a float32 tensor, as plain ops."""
     return _cdf(z) + z * (_INV_SQRT_2PI * ops.exp(-0.5 * ops.square(z)))
 
 
@@ -33,25 +38,25 @@ def _derivative(z):
 @fused
 def _gelu_forward(x):
     z = ops.cast(x, "float32")
-    return ops.cast(z * _cdf(z), x.dtype)
+    return ops.cast(gelu_value(z), x.dtype)
 
 
 @fused
 def _gelu_backward(x, upstream):
     z = ops.cast(x, "float32")
-    return ops.cast(ops.cast(upstream, "float32") * _derivative(z), x.dtype)
+    return ops.cast(ops.cast(upstream, "float32") * gelu_derivative(z), x.dtype)
 
 
 @fused
 def _bias_gelu_forward(x, bias):
     z = ops.cast(x, "float32") + bias
-    return ops.cast(z * _cdf(z), x.dtype)
+    return ops.cast(gelu_value(z), x.dtype)
 
 
 @fused
 def _bias_gelu_backward(x, bias, upstream):
     z = ops.cast(x, "float32") + bias
-    d_z = ops.cast(upstream, "float32") * _derivative(z)
+    d_z = ops.cast(upstream, "float32") * gelu_derivative(z)
     return ops.cast(d_z, x.dtype), ops.sum(d_z, axis=_leading_axes(x))
 
 

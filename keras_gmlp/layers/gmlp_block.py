@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from keras_gmlp.layers.gelu import gelu_exact
 from keras_gmlp.layers.layer_norm import FastLayerNormalization
 from keras_gmlp.layers.masking import resolve_padding_mask
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
@@ -132,11 +131,18 @@ class GMLPBlock(keras.layers.Layer):
         gate_bias = None
         if self.tiny_attention is not None:
             gate_bias = self.tiny_attention(x, padding_mask=padding_mask)
-        # The projection's matmul, then its bias add fused into the GELU kernel (one pass over
-        # the block's widest activation instead of two); the Dense layer keeps the weights.
-        x = ops.matmul(x, ops.cast(self.channel_projection_in.kernel, x.dtype))
-        x = gelu_exact(x, self.channel_projection_in.bias)
-        x = self.spatial_gating_unit(x, padding_mask=padding_mask, gate_bias=gate_bias)
+        # The first projection as two matmuls, one per SGU half; its bias and GELU run inside the
+        # SGU's fused kernels, so its d_ffn-wide output is never split, joined or stored whole.
+        # The Dense layer keeps the weights (columns [:ffn_dim // 2] make u, the rest v).
+        kernel = ops.cast(self.channel_projection_in.kernel, x.dtype)
+        u_kernel, v_kernel = ops.split(kernel, 2, axis=-1)
+        x = self.spatial_gating_unit.gate_halves(
+            ops.matmul(x, u_kernel),
+            ops.matmul(x, v_kernel),
+            padding_mask=padding_mask,
+            gate_bias=gate_bias,
+            activation_biases=ops.split(self.channel_projection_in.bias, 2),
+        )
         x = self.channel_projection_out(x)
         x = self.output_dropout(x, training=training)
         return inputs + self.drop_path(x, training=training)

@@ -4,25 +4,22 @@ import keras
 from keras import ops
 
 from keras_gmlp.layers.fusion import fused
+from keras_gmlp.layers.reductions import row_mean
 
 
 def normalize(x, epsilon):
     """`(x - mean) / sqrt(var + epsilon)` over the last axis of float32 `x`, and the inverse
     standard deviation (kept for the backward pass)."""
-    centered = x - ops.mean(x, axis=-1, keepdims=True)
-    inv = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+    centered = x - row_mean(x)
+    inv = ops.rsqrt(row_mean(ops.square(centered)) + epsilon)
     return centered * inv, inv
 
 
 def normalize_backward(x, inv, d_normalized):
     """dL/dx of `normalize` given dL/dxhat, all float32:
     `inv * (g - mean(g) - xhat * mean(g * xhat))`, means over the last axis."""
-    normalized = (x - ops.mean(x, axis=-1, keepdims=True)) * inv
-    d_x = inv * (
-        d_normalized
-        - ops.mean(d_normalized, axis=-1, keepdims=True)
-        - normalized * ops.mean(d_normalized * normalized, axis=-1, keepdims=True)
-    )
+    normalized = (x - row_mean(x)) * inv
+    d_x = inv * (d_normalized - row_mean(d_normalized) - normalized * row_mean(d_normalized * normalized))
     return d_x, normalized
 
 

@@ -4,103 +4,122 @@ import keras
 from keras import ops
 
 from keras_gmlp.layers.fusion import fused
+from keras_gmlp.layers.gelu import gelu_derivative
+from keras_gmlp.layers.gelu import gelu_value
 from keras_gmlp.layers.layer_norm import FastLayerNormalization
 from keras_gmlp.layers.layer_norm import normalize
 from keras_gmlp.layers.layer_norm import normalize_backward
 from keras_gmlp.layers.masking import causal_mask
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
+from keras_gmlp.layers.reductions import row_sum
 
 
-# The element-wise work around the token-mixing matmul, as two fused kernels each way (see
-# keras_gmlp.layers.fusion): split + LayerNorm(v) + padding mask before it, bias + gate product
-# after it. Float32 inside, the compute dtype outside.
+# The element-wise work around the token-mixing matmul is two fused kernels each way (see
+# keras_gmlp.layers.fusion), float32 inside and the compute dtype outside: LayerNorm(v) with the
+# padding mask before the matmul, the bias and the gate product after it. Inside a GMLPBlock the
+# kernels also apply the block's GELU to each half (`activation_bias`), so the d_ffn-wide GELU
+# output is never written out and no kernel splits or concatenates the halves: forward and
+# backward touch about half the memory that separate GELU, split and gate kernels did.
+
+
+def _leading_axes(x):
+    return tuple(range(len(x.shape) - 1))
+
+
+def _activate(x, bias):
+    """Float32 `(z, a)`: `z = x + bias` and `a = gelu(z)`, or `z = a = x` without a bias."""
+    z = ops.cast(x, "float32")
+    if bias is None:
+        return z, z
+    z = z + bias
+    return z, gelu_value(z)
+
+
 @fused
-def _split_normalize_forward(x, gamma, beta, mask, epsilon):
-    u, v = ops.split(x, 2, axis=-1)
-    normalized, inv = normalize(ops.cast(v, "float32"), epsilon)
-    v = normalized * gamma + beta
+def _normalize_forward(v, bias, gamma, beta, mask, epsilon):
+    _, a = _activate(v, bias)
+    normalized, inv = normalize(a, epsilon)
+    out = normalized * gamma + beta
     if mask is not None:
-        v = v * mask
-    return u, ops.cast(v, x.dtype), inv
+        out = out * mask
+    return ops.cast(out, v.dtype), inv
 
 
 @fused
-def _split_normalize_backward(x, gamma, inv, mask, d_u, d_v):
-    _, v = ops.split(x, 2, axis=-1)
-    d_v = ops.cast(d_v, "float32")
+def _normalize_backward(v, bias, gamma, inv, mask, upstream):
+    z, a = _activate(v, bias)
+    d_out = ops.cast(upstream, "float32")
     if mask is not None:
-        d_v = d_v * mask
-    d_v_in, normalized = normalize_backward(ops.cast(v, "float32"), inv, d_v * gamma)
-    axes = tuple(range(len(x.shape) - 1))
-    d_x = ops.concatenate([ops.cast(d_u, x.dtype), ops.cast(d_v_in, x.dtype)], axis=-1)
-    return d_x, ops.sum(d_v * normalized, axis=axes), ops.sum(d_v, axis=axes)
+        d_out = d_out * mask
+    d_a, normalized = normalize_backward(a, inv, d_out * gamma)
+    axes = _leading_axes(v)
+    grads = (ops.sum(d_out * normalized, axis=axes), ops.sum(d_out, axis=axes))
+    if bias is None:
+        return (ops.cast(d_a, v.dtype),) + grads
+    d_z = d_a * gelu_derivative(z)
+    return (ops.cast(d_z, v.dtype),) + grads + (ops.sum(d_z, axis=axes),)
 
 
-def _split_normalize(x, gamma, beta, mask, epsilon):
-    """`u, mask * LayerNorm(v)` for `u, v = split(x)`, with a written-out gradient."""
+def _normalize_gate(v, bias, gamma, beta, mask, epsilon):
+    """`mask * LayerNorm(a)` for `a = gelu(v + bias)` (or `v`), with a written-out gradient."""
 
-    @ops.custom_gradient
-    def _forward(x, gamma, beta):
-        u, v, inv = _split_normalize_forward(x, gamma, beta, mask, epsilon)
+    def forward(v, gamma, beta, *bias_arg):
+        out, inv = _normalize_forward(v, bias, gamma, beta, mask, epsilon)
 
         def grad(*args, upstream=None):
-            # TensorFlow passes one upstream gradient per output, JAX one tuple of them.
-            d_u, d_v = upstream if upstream is not None else (args[0] if len(args) == 1 else args)
-            d_u = ops.zeros_like(u) if d_u is None else d_u
-            d_v = ops.zeros_like(v) if d_v is None else d_v
-            return _split_normalize_backward(x, gamma, inv, mask, d_u, d_v)
+            upstream = args[0] if upstream is None else upstream
+            return _normalize_backward(v, bias, gamma, inv, mask, upstream)
 
-        return (u, v), grad
+        return out, grad
 
-    return _forward(x, gamma, beta)
+    return ops.custom_gradient(forward)(v, gamma, beta, *(() if bias is None else (bias,)))
 
 
-def _gate_input(mixed, bias, gate_bias):
-    gate = ops.cast(mixed, "float32") + ops.expand_dims(bias, -1)
+def _gate_input(mixed, spatial_bias, gate_bias):
+    gate = ops.cast(mixed, "float32") + ops.expand_dims(spatial_bias, -1)
     if gate_bias is not None:
         gate = gate + ops.cast(gate_bias, "float32")
     return gate
 
 
 @fused
-def _gate_forward(u, mixed, bias, gate_bias):
-    return ops.cast(ops.cast(u, "float32") * _gate_input(mixed, bias, gate_bias), u.dtype)
+def _product_forward(u, bias, mixed, spatial_bias, gate_bias):
+    _, a = _activate(u, bias)
+    return ops.cast(a * _gate_input(mixed, spatial_bias, gate_bias), u.dtype)
 
 
 @fused
-def _gate_backward(u, mixed, bias, gate_bias, upstream):
+def _product_backward(u, bias, mixed, spatial_bias, gate_bias, upstream):
+    z, a = _activate(u, bias)
     upstream = ops.cast(upstream, "float32")
-    d_u = upstream * _gate_input(mixed, bias, gate_bias)
-    d_gate = upstream * ops.cast(u, "float32")
-    d_bias = ops.sum(d_gate, axis=tuple(i for i in range(len(u.shape)) if i != len(u.shape) - 2))
-    return ops.cast(d_u, u.dtype), ops.cast(d_gate, mixed.dtype), d_bias, d_gate
+    d_a = upstream * _gate_input(mixed, spatial_bias, gate_bias)
+    d_gate = upstream * a
+    # The spatial bias is per token: sum over channels (as a matvec, see reductions), then batch.
+    per_token = row_sum(d_gate)[..., 0]
+    d_spatial_bias = ops.sum(per_token, axis=tuple(range(len(u.shape) - 2)))
+    grads = (ops.cast(d_gate, mixed.dtype), d_spatial_bias)
+    if gate_bias is not None:
+        grads += (ops.cast(d_gate, gate_bias.dtype),)
+    if bias is None:
+        return (ops.cast(d_a, u.dtype),) + grads
+    d_z = d_a * gelu_derivative(z)
+    return (ops.cast(d_z, u.dtype),) + grads + (ops.sum(d_z, axis=_leading_axes(u)),)
 
 
-def _gate(u, mixed, bias, gate_bias):
-    """`u * (mixed + bias[:, None] + gate_bias)` with a written-out gradient."""
-    if gate_bias is None:
+def _product(u, bias, mixed, spatial_bias, gate_bias):
+    """`a * (mixed + spatial_bias[:, None] + gate_bias)` for `a = gelu(u + bias)` (or `u`), with
+    a written-out gradient."""
+    optional = tuple(t for t in (gate_bias, bias) if t is not None)
 
-        @ops.custom_gradient
-        def _forward(u, mixed, bias):
-            def grad(*args, upstream=None):
-                upstream = args[0] if upstream is None else upstream
-                return _gate_backward(u, mixed, bias, None, upstream)[:3]
-
-            return _gate_forward(u, mixed, bias, None), grad
-
-        return _forward(u, mixed, bias)
-
-    @ops.custom_gradient
-    def _forward_with_gate_bias(u, mixed, bias, gate_bias):
+    def forward(u, mixed, spatial_bias, *optional_args):
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            d_u, d_mixed, d_bias, d_gate = _gate_backward(u, mixed, bias, gate_bias, upstream)
-            return d_u, d_mixed, d_bias, ops.cast(d_gate, gate_bias.dtype)
+            return _product_backward(u, bias, mixed, spatial_bias, gate_bias, upstream)
 
-        return _gate_forward(u, mixed, bias, gate_bias), grad
+        return _product_forward(u, bias, mixed, spatial_bias, gate_bias), grad
 
-    return _forward_with_gate_bias(u, mixed, bias, gate_bias)
+    return ops.custom_gradient(forward)(u, mixed, spatial_bias, *optional)
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -193,19 +212,44 @@ class SpatialGatingUnit(keras.layers.Layer):
         )
 
     def call(self, inputs, padding_mask=None, gate_bias=None, mask=None):
+        u, v = ops.split(inputs, 2, axis=-1)
+        return self.gate_halves(u, v, padding_mask=padding_mask, gate_bias=gate_bias, mask=mask)
+
+    def gate_halves(self, u, v, padding_mask=None, gate_bias=None, activation_biases=None, mask=None):
+        """The unit applied to its input already split into `u` and `v`.
+
+        `GMLPBlock` calls this with the two halves of its first projection
+        computed as two matmuls, so the halves are never split or joined in
+        memory. With `activation_biases=(u_bias, v_bias)`, the halves are
+        pre-activations: the unit uses `gelu(u + u_bias)` and
+        `gelu(v + v_bias)`, computed inside its own fused kernels.
+
+        Args:
+            u: `(batch, n, c)`, the bypass half.
+            v: `(batch, n, c)`, the gate half.
+            padding_mask, gate_bias, mask: as in `call`.
+            activation_biases: optional pair of `(c,)` tensors.
+
+        Returns:
+            `(batch, n, c)`.
+        """
         padding_mask = resolve_padding_mask(padding_mask, mask)
-        length = inputs.shape[-2]
+        length = v.shape[-2]
         check_sequence_length(self.name, length, self.sequence_length)
         if length is None:
-            length = ops.shape(inputs)[-2]
-        mask = None
+            length = ops.shape(v)[-2]
+        u_bias = v_bias = None
+        if activation_biases is not None:
+            u_bias, v_bias = (ops.cast(b, "float32") for b in activation_biases)
+        padding = None
         if padding_mask is not None:
-            mask = ops.expand_dims(ops.cast(padding_mask, "float32"), -1)
-        u, v = _split_normalize(
-            inputs,
+            padding = ops.expand_dims(ops.cast(padding_mask, "float32"), -1)
+        v = _normalize_gate(
+            v,
+            v_bias,
             ops.cast(self.norm.gamma, "float32"),
             ops.cast(self.norm.beta, "float32"),
-            mask,
+            padding,
             float(self.layer_norm_epsilon),
         )
         kernel = ops.cast(self.spatial_kernel[:length, :length], v.dtype)
@@ -213,7 +257,8 @@ class SpatialGatingUnit(keras.layers.Layer):
             kernel = ops.where(causal_mask(length), kernel, ops.zeros_like(kernel))
         # A (n, n) @ (batch, n, d) broadcast matmul: no transposes of the activations.
         mixed = ops.matmul(kernel, v)
-        return _gate(u, mixed, ops.cast(self.spatial_bias[:length], "float32"), gate_bias)
+        spatial_bias = ops.cast(self.spatial_bias[:length], "float32")
+        return _product(u, u_bias, mixed, spatial_bias, gate_bias)
 
     def compute_mask(self, inputs, mask=None):
         return mask

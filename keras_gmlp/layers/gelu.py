@@ -7,13 +7,10 @@ import keras
 from keras import ops
 
 from keras_gmlp.layers.fusion import fused
+from keras_gmlp.layers.reductions import column_sum
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _leading_axes(x):
-    return tuple(range(len(x.shape) - 1))
 
 
 def _cdf(z):
@@ -56,8 +53,7 @@ def _bias_gelu_forward(x, bias):
 @fused
 def _bias_gelu_backward(x, bias, upstream):
     z = ops.cast(x, "float32") + bias
-    d_z = ops.cast(upstream, "float32") * gelu_derivative(z)
-    return ops.cast(d_z, x.dtype), ops.sum(d_z, axis=_leading_axes(x))
+    return ops.cast(ops.cast(upstream, "float32") * gelu_derivative(z), x.dtype)
 
 
 @ops.custom_gradient
@@ -73,7 +69,8 @@ def _gelu(x):
 def _bias_gelu(x, bias):
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream
-        return _bias_gelu_backward(x, bias, upstream)
+        d_x = _bias_gelu_backward(x, bias, upstream)
+        return d_x, column_sum(d_x)
 
     return _bias_gelu_forward(x, bias), grad
 

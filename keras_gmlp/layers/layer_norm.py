@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_gmlp.layers.fusion import fused
+from keras_gmlp.layers.reductions import column_sum
 from keras_gmlp.layers.reductions import row_mean
 
 
@@ -33,12 +34,7 @@ def _forward(x, gamma, beta, epsilon):
 def _backward(x, gamma, inv, upstream):
     upstream = ops.cast(upstream, "float32")
     d_x, normalized = normalize_backward(ops.cast(x, "float32"), inv, upstream * gamma)
-    axes = tuple(range(len(x.shape) - 1))
-    return (
-        ops.cast(d_x, x.dtype),
-        ops.sum(upstream * normalized, axis=axes),
-        ops.sum(upstream, axis=axes),
-    )
+    return ops.cast(d_x, x.dtype), upstream * normalized
 
 
 def layer_norm(x, gamma, beta, epsilon):
@@ -56,7 +52,8 @@ def layer_norm(x, gamma, beta, epsilon):
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            return _backward(x, gamma, inv, upstream)
+            d_x, d_gamma_terms = _backward(x, gamma, inv, upstream)
+            return d_x, column_sum(d_gamma_terms), column_sum(upstream)
 
         return normalized, grad
 

@@ -12,6 +12,7 @@ from keras_gmlp.layers.layer_norm import normalize_backward
 from keras_gmlp.layers.masking import causal_mask
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
+from keras_gmlp.layers.reductions import column_sum
 from keras_gmlp.layers.reductions import row_sum
 
 
@@ -53,12 +54,8 @@ def _normalize_backward(v, bias, gamma, inv, mask, upstream):
     if mask is not None:
         d_out = d_out * mask
     d_a, normalized = normalize_backward(a, inv, d_out * gamma)
-    axes = _leading_axes(v)
-    grads = (ops.sum(d_out * normalized, axis=axes), ops.sum(d_out, axis=axes))
-    if bias is None:
-        return (ops.cast(d_a, v.dtype),) + grads
-    d_z = d_a * gelu_derivative(z)
-    return (ops.cast(d_z, v.dtype),) + grads + (ops.sum(d_z, axis=axes),)
+    d_z = d_a if bias is None else d_a * gelu_derivative(z)
+    return ops.cast(d_z, v.dtype), d_out * normalized
 
 
 def _normalize_gate(v, bias, gamma, beta, mask, epsilon):
@@ -69,7 +66,10 @@ def _normalize_gate(v, bias, gamma, beta, mask, epsilon):
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            return _normalize_backward(v, bias, gamma, inv, mask, upstream)
+            d_v, d_gamma_terms = _normalize_backward(v, bias, gamma, inv, mask, upstream)
+            d_gamma = column_sum(d_gamma_terms)
+            d_beta = column_sum(upstream if mask is None else ops.cast(upstream, "float32") * mask)
+            return (d_v, d_gamma, d_beta) + (() if bias is None else (column_sum(d_v),))
 
         return out, grad
 
@@ -94,17 +94,14 @@ def _product_backward(u, bias, mixed, spatial_bias, gate_bias, upstream):
     z, a = _activate(u, bias)
     upstream = ops.cast(upstream, "float32")
     d_a = upstream * _gate_input(mixed, spatial_bias, gate_bias)
+    d_z = d_a if bias is None else d_a * gelu_derivative(z)
     d_gate = upstream * a
     # The spatial bias is per token: sum over channels (as a matvec, see reductions), then batch.
-    per_token = row_sum(d_gate)[..., 0]
-    d_spatial_bias = ops.sum(per_token, axis=tuple(range(len(u.shape) - 2)))
-    grads = (ops.cast(d_gate, mixed.dtype), d_spatial_bias)
+    d_spatial_bias = ops.sum(row_sum(d_gate)[..., 0], axis=tuple(range(len(u.shape) - 2)))
+    grads = (ops.cast(d_z, u.dtype), ops.cast(d_gate, mixed.dtype), d_spatial_bias)
     if gate_bias is not None:
         grads += (ops.cast(d_gate, gate_bias.dtype),)
-    if bias is None:
-        return (ops.cast(d_a, u.dtype),) + grads
-    d_z = d_a * gelu_derivative(z)
-    return (ops.cast(d_z, u.dtype),) + grads + (ops.sum(d_z, axis=_leading_axes(u)),)
+    return grads
 
 
 def _product(u, bias, mixed, spatial_bias, gate_bias):
@@ -115,7 +112,8 @@ def _product(u, bias, mixed, spatial_bias, gate_bias):
     def forward(u, mixed, spatial_bias, *optional_args):
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            return _product_backward(u, bias, mixed, spatial_bias, gate_bias, upstream)
+            grads = _product_backward(u, bias, mixed, spatial_bias, gate_bias, upstream)
+            return grads + (() if bias is None else (column_sum(grads[0]),))
 
         return _product_forward(u, bias, mixed, spatial_bias, gate_bias), grad
 

@@ -1,8 +1,10 @@
-"""Shared pieces of the benchmark sections: result rows and model-lifetime handling."""
+"""Shared pieces of the benchmark sections: result rows, their log line, model lifetimes.
+
+Keras (and so TensorFlow) is imported only by the functions that need it: the
+PyTorch section runs in a process of its own that never loads TensorFlow.
+"""
 
 import gc
-
-import keras
 
 
 def result_row(section, model, framework, policy, batch, mode, step, flops_per_step, items_per_step,
@@ -37,8 +39,22 @@ def result_row(section, model, framework, policy, batch, mode, step, flops_per_s
     return row
 
 
+def log_row(row):
+    """Prints one result row as a progress line."""
+    if "throughput" in row:
+        mfu = "" if row["mfu"] is None else f"  MFU {100 * row['mfu']:.0f}%"
+        print(f"  {row['model']:20s} {row['framework']:22s} {row['policy']:15s} b{row['batch']:<3d} "
+              f"{row['mode']:5s} {row['throughput']:9.1f} {row['unit']:9s} "
+              f"{row['step_ms']:8.0f} ms  {row['gflops']:6.0f} GFLOP/s{mfu}", flush=True)
+    else:
+        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in row.items() if not isinstance(v, list)), flush=True)
+
+
 def use_policy(policy):
     """Sets Keras' global dtype policy and drops state of earlier models."""
+    import keras
+
     keras.backend.clear_session()
     gc.collect()
     keras.config.set_dtype_policy(policy)
@@ -46,6 +62,8 @@ def use_policy(policy):
 
 def release():
     """Frees the current models' graphs before building the next ones."""
+    import keras
+
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
     gc.collect()

@@ -121,6 +121,11 @@ def markdown(results):
              f"`{results['command']}`."]
     if results.get("ceiling"):
         parts += ["### Matmul ceiling", ceiling_table(results["ceiling"])]
+        if results.get("torch_matmul_gflops"):
+            parts.append("PyTorch's own square matmul in its process, for reading the PyTorch rows "
+                         "(MFU uses TensorFlow's ceiling above for every row): "
+                         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in results["torch_matmul_gflops"].items())
+                         + ".")
     if any(r["section"] in ("vision", "text") for r in results["rows"]):
         parts += ["### Throughput (training includes the AdamW update)", throughput_table(results["rows"])]
     if results.get("targets"):

@@ -58,20 +58,10 @@ def _ints(text):
     return [int(x) for x in text.split(",") if x]
 
 
-def _log(row):
-    if "throughput" in row:
-        mfu = "" if row["mfu"] is None else f"  MFU {100 * row['mfu']:.0f}%"
-        print(f"  {row['model']:20s} {row['framework']:22s} {row['policy']:15s} b{row['batch']:<3d} "
-              f"{row['mode']:5s} {row['throughput']:9.1f} {row['unit']:9s} "
-              f"{row['step_ms']:8.0f} ms  {row['gflops']:6.0f} GFLOP/s{mfu}", flush=True)
-    else:
-        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in row.items() if not isinstance(v, list)), flush=True)
-
-
 def main(argv=None):
     args = parse_args(argv)
     from benchmarks import report
+    from benchmarks.common import log_row
     from benchmarks import scaling
     from benchmarks import text
     from benchmarks import torch_reference
@@ -116,24 +106,25 @@ def main(argv=None):
     if "vision" in args.sections:
         print("[vision] Keras image models", flush=True)
         results["rows"] += vision.run(vision_cases, policies, vision_sizes, warmup, steps, ceiling,
-                                      jit_compile=jit, log=_log)
+                                      jit_compile=jit, log=log_row)
     if "text" in args.sections:
         print("[text] masked-LM training", flush=True)
         results["rows"] += text.run(text_cases, text_policies, text_sizes, warmup, steps, ceiling,
-                                    text_shape, jit_compile=jit, log=_log)
+                                    text_shape, jit_compile=jit, log=log_row)
     if "torch" in args.sections:
         if torch_reference.available():
-            print("[torch] lucidrains g-mlp-pytorch", flush=True)
-            import torch
-
-            results["system"]["torch"] = torch.__version__
-            if "vision" in args.sections:
-                torch_sizes = vision_sizes if quick else _ints(args.torch_vision_batch_sizes)
-                results["rows"] += torch_reference.run_vision(vision_cases, policies, torch_sizes, warmup,
-                                                              steps, ceiling, log=_log)
-            if "text" in args.sections:
-                results["rows"] += torch_reference.run_text(text_cases, text_policies, text_sizes, warmup,
-                                                            steps, ceiling, text_shape, log=_log)
+            print("[torch] lucidrains g-mlp-pytorch (in a process of its own)", flush=True)
+            torch_sizes = vision_sizes if quick else _ints(args.torch_vision_batch_sizes)
+            torch_rows, torch_version, torch_matmul = torch_reference.run_in_subprocess(dict(
+                quick=quick,
+                vision_cases=vision_cases if "vision" in args.sections else {},
+                text_cases=text_cases if "text" in args.sections else {},
+                policies=policies, text_policies=text_policies, vision_batch_sizes=torch_sizes,
+                text_batch_sizes=text_sizes, warmup=warmup, steps=steps, ceiling=ceiling,
+                text_shape=text_shape))
+            results["rows"] += torch_rows
+            results["system"]["torch"] = torch_version
+            results["torch_matmul_gflops"] = torch_matmul
         else:
             results["skipped"].append("torch: `torch` and `g_mlp_pytorch` are not both importable "
                                       "(pip install torch g-mlp-pytorch einops to add the PyTorch columns)")
@@ -142,10 +133,10 @@ def main(argv=None):
         print("[scaling] SGU forward+backward vs sequence length", flush=True)
         lengths = _ints(args.scaling_lengths or ("16,32,64" if quick else "128,512,2048"))
         results["scaling"] = scaling.run(lengths, ffn_dim=64 if quick else 768, batch=2 if quick else 4,
-                                         warmup=warmup, steps=steps, log=_log)
+                                         warmup=warmup, steps=steps, log=log_row)
     if "variants" in args.sections:
         print("[variants] gMLP block implementations, side by side", flush=True)
-        results["variants"] = variants.run(quick=quick, log=_log)
+        results["variants"] = variants.run(quick=quick, log=log_row)
 
     if "ceiling" in args.sections and not quick:
         # Measured again at the end: on a shared machine the ceiling moves with the load. MFU uses

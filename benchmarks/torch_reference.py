@@ -4,11 +4,22 @@ Optional: `pip install torch g-mlp-pytorch einops` (a CPU build of torch is
 enough). Eager PyTorch, AdamW, cross-entropy; mixed_bfloat16 maps to CPU
 autocast to bfloat16. The text model runs its blocks over every token and
 its logits layer on the masked positions only, like the Keras masked LMs.
+
+`benchmarks.run` runs this section in a child process
+(`python -m benchmarks.torch_reference SPEC.json ROWS.json`) that never
+imports TensorFlow: PyTorch 2.14 crashed (SIGSEGV) when it started in a
+process whose TensorFlow had already trained models, and in a process of
+its own neither framework's thread pools compete with the other's.
 """
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 
 from benchmarks import flops
+from benchmarks.common import log_row
 from benchmarks.common import result_row
 from benchmarks.timing import measure
 
@@ -148,3 +159,60 @@ def run_text(cases, policies, batch_sizes, warmup, steps, ceiling, shape, log=pr
                 rows.append(row)
         del model
     return rows
+
+
+def matmul_gflops(sizes=(2048, 4096), dtypes=("float32", "bfloat16"), warmup=2, steps=5):
+    """PyTorch's own square-matmul GFLOP/s per dtype (best median over `sizes`).
+
+    Not the MFU reference (that is TensorFlow's, for every row): context for
+    reading the PyTorch rows, whose BLAS may differ from TensorFlow's.
+    """
+    torch = _setup()
+    result = {}
+    for dtype in dtypes:
+        best = 0.0
+        for size in sizes:
+            a = torch.randn(size, size).to(getattr(torch, dtype))
+            b = torch.randn(size, size).to(getattr(torch, dtype))
+            timing = measure(lambda: torch.matmul(a, b), warmup=warmup, steps=steps)
+            best = max(best, 2 * size**3 / timing["median_s"] / 1e9)
+        result[dtype] = best
+    return result
+
+
+def run_in_subprocess(spec):
+    """Runs this section per `spec` in a child process; returns (rows, torch version, matmul
+    GFLOP/s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, rows_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "rows.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        subprocess.run([sys.executable, "-m", "benchmarks.torch_reference", spec_path, rows_path],
+                       check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(rows_path) as f:
+            result = json.load(f)
+    return result["rows"], result["torch"], result["matmul_gflops"]
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m benchmarks.torch_reference SPEC.json ROWS.json")
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    ceiling = matmul_gflops([256, 512] if spec["quick"] else [2048, 4096])
+    print("  torch matmul " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in ceiling.items()), flush=True)
+    rows = []
+    if spec["vision_cases"]:
+        rows += run_vision(spec["vision_cases"], spec["policies"], spec["vision_batch_sizes"],
+                           spec["warmup"], spec["steps"], spec["ceiling"], log=log_row)
+    if spec["text_cases"]:
+        rows += run_text(spec["text_cases"], spec["text_policies"], spec["text_batch_sizes"],
+                         spec["warmup"], spec["steps"], spec["ceiling"], spec["text_shape"], log=log_row)
+    import torch
+
+    with open(argv[1], "w") as f:
+        json.dump({"rows": rows, "torch": torch.__version__, "matmul_gflops": ceiling}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Runs keras_gmlp's benchmarks and writes a table, JSON and a PNG chart.
 
-    python -m benchmarks.run                  # full sizes (about 10 minutes on 2 cores)
+    python -m benchmarks.run                  # full sizes (about 13 minutes on 2 cores; --sections all: 16)
     python -m benchmarks.run --quick          # tiny sizes, 1-2 minutes (tracing): checks every section runs
 
 See benchmarks/README.md for what each section measures.

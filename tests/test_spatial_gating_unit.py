@@ -140,3 +140,12 @@ def test_config_round_trip():
     assert isinstance(revived, SpatialGatingUnit) and revived.causal
     assert keras.saving.get_registered_name(SpatialGatingUnit) == "keras_gmlp>SpatialGatingUnit"
     assert sgu.compute_output_shape((2, 10, 6)) == (2, 10, 3)
+
+
+def test_gate_halves_equals_call_and_rejects_mismatched_halves(rng):
+    sgu = SpatialGatingUnit(N)
+    x = rng.normal(size=(2, N, 8)).astype("float32")
+    sgu.build(x.shape)
+    np.testing.assert_allclose(sgu.gate_halves(x[..., :4], x[..., 4:]), sgu(x), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"u \(2, 12, 4\) and v \(2, 12, 3\)"):
+        sgu.gate_halves(x[..., :4], x[..., 4:7])

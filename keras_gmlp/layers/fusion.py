@@ -63,9 +63,10 @@ def fused(fn):
 
     def signature(arg):
         shape = getattr(arg, "shape", None)
-        if shape is None or shape.rank is None:
+        if shape is None or getattr(shape, "rank", 0) is None:
             return None
-        return (shape.rank, shape[-1] if shape.rank else None)
+        shape = tuple(shape)
+        return (len(shape), shape[-1] if shape else None)
 
     @functools.wraps(fn)
     def call(*args):

@@ -19,13 +19,10 @@ from keras_gmlp.layers.reductions import row_sum
 # The element-wise work around the token-mixing matmul is two fused kernels each way (see
 # keras_gmlp.layers.fusion), float32 inside and the compute dtype outside: LayerNorm(v) with the
 # padding mask before the matmul, the bias and the gate product after it. Inside a GMLPBlock the
-# kernels also apply the block's GELU to each half (`activation_bias`), so the d_ffn-wide GELU
-# output is never written out and no kernel splits or concatenates the halves: forward and
-# backward touch about half the memory that separate GELU, split and gate kernels did.
-
-
-def _leading_axes(x):
-    return tuple(range(len(x.shape) - 1))
+# kernels also apply the block's GELU to each half (`gate_halves(activation_biases=...)`), so
+# the d_ffn-wide GELU output is never written out and no kernel splits or concatenates the
+# halves: forward and backward touch about half the memory that separate GELU, split and gate
+# kernels did.
 
 
 def _activate(x, bias):
@@ -231,6 +228,12 @@ class SpatialGatingUnit(keras.layers.Layer):
         Returns:
             `(batch, n, c)`.
         """
+        u, v = ops.convert_to_tensor(u, self.compute_dtype), ops.convert_to_tensor(v, self.compute_dtype)
+        if tuple(u.shape) != tuple(v.shape):
+            raise ValueError(
+                f"{self.name}.gate_halves needs `u` and `v` of the same shape, got u {tuple(u.shape)} "
+                f"and v {tuple(v.shape)}."
+            )
         padding_mask = resolve_padding_mask(padding_mask, mask)
         length = v.shape[-2]
         check_sequence_length(self.name, length, self.sequence_length)

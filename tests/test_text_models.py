@@ -6,6 +6,7 @@ import numpy_reference as ref
 from keras_gmlp.models import GMLPBackbone
 from keras_gmlp.models import GMLPMaskedLM
 from keras_gmlp.models import GMLPTextClassifier
+from keras_gmlp.models import TEXT_PRESETS
 from weights import load_block
 
 VOCAB, N, D, FFN = 40, 12, 16, 32
@@ -119,3 +120,42 @@ def test_preset_parameter_counts_follow_the_equations():
     assert amlp.count_params() == expected(2, 512, 3072, attn=64)
     with pytest.raises(ValueError, match="Unknown preset 'gmlp_huge'"):
         GMLPBackbone.from_preset("gmlp_huge")
+
+
+# The paper's Table 4/5 sizes (shared/REFERENCE.md section 1), in parameters.
+PAPER_TEXT_PARAMETERS = {
+    "gmlp_base": 130e6,
+    "amlp_base": 109e6,
+    "gmlp_large": 365e6,
+    "amlp_large": 316e6,
+    "gmlp_xlarge": 941e6,
+}
+
+
+def _preset_parameters(preset):
+    """The preset backbone's exact parameter count, from real models of 1 and 2 blocks.
+
+    Blocks of one preset are identical, so the count is affine in depth: building the
+    941M-parameter gmlp_xlarge itself would only allocate 3.8 GB to say the same.
+    """
+    layers = TEXT_PRESETS[preset]["num_layers"]
+    one, two = (GMLPBackbone.from_preset(preset, num_layers=n).count_params() for n in (1, 2))
+    return one + (layers - 1) * (two - one)
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_TEXT_PARAMETERS))
+def test_text_presets_match_the_papers_parameter_counts(preset):
+    count = _preset_parameters(preset)
+    assert abs(count - PAPER_TEXT_PARAMETERS[preset]) <= 0.01 * PAPER_TEXT_PARAMETERS[preset], count
+
+
+def test_depth_extrapolation_equals_a_built_model():
+    # The extrapolation above against a model actually built at the full depth of a preset.
+    assert _preset_parameters("gmlp_tiny") == GMLPBackbone.from_preset("gmlp_tiny").count_params()
+
+
+def test_amlp_presets_have_the_counts_of_the_corrected_reference():
+    # shared/REFERENCE.md section 1 (corrected 2026-12): 36 layers with d_attn 64 and 72 layers
+    # with d_attn 128.
+    assert _preset_parameters("amlp_base") == 108_573_952
+    assert _preset_parameters("amlp_large") == 315_571_200

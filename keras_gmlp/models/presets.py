@@ -12,7 +12,7 @@ TEXT_PRESETS = {
         num_layers=48, hidden_dim=512, ffn_dim=3072, sequence_length=128, vocabulary_size=30522
     ),
     "amlp_base": dict(
-        num_layers=24,
+        num_layers=36,
         hidden_dim=512,
         ffn_dim=3072,
         sequence_length=128,
@@ -23,12 +23,12 @@ TEXT_PRESETS = {
         num_layers=96, hidden_dim=768, ffn_dim=3072, sequence_length=128, vocabulary_size=30522
     ),
     "amlp_large": dict(
-        num_layers=48,
+        num_layers=72,
         hidden_dim=768,
         ffn_dim=3072,
         sequence_length=128,
         vocabulary_size=30522,
-        tiny_attention_dim=64,
+        tiny_attention_dim=128,
     ),
     "gmlp_xlarge": dict(
         num_layers=144, hidden_dim=1024, ffn_dim=4096, sequence_length=128, vocabulary_size=30522

@@ -5,34 +5,18 @@ import threading
 import tensorflow as tf
 from absl import logging
 
+from keras_gmlp import validation
+from keras_gmlp.validation import check  # noqa: F401 (used by the pipelines as _common.check)
+from keras_gmlp.validation import check_positive_int  # noqa: F401
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 # Bytes a TFRecord adds around each record: length (8), length CRC (4), data CRC (4).
 _TFRECORD_OVERHEAD = 16
 
 
-def check(condition, name, value, expected):
-    """Raise ValueError naming the argument, its value and what was expected."""
-    if not condition:
-        raise ValueError(f"`{name}`={value!r}: expected {expected}.")
-
-
-def check_positive_int(name, value):
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value > 0,
-        name,
-        value,
-        "a positive int",
-    )
-
-
 def check_seed(seed):
-    check(
-        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31,
-        "seed",
-        seed,
-        "an int in [0, 2**31)",
-    )
+    validation.check_seed("seed", seed)
 
 
 def split_source(source):

@@ -326,3 +326,71 @@ def test_tfds_glue_sst2_read_offline(tokenizer, tmp_path):
     assert sum(int(b[1].shape[0]) for b in batches) == 6
     with pytest.raises(ValueError, match="data_dir"):
         text.classification_dataset("tfds:glue/sst2", tokenizer, 8, 3, data_dir=str(tmp_path))
+
+
+def _labels_of(dataset):
+    return [int(label) for _, labels in dataset for label in labels.numpy()]
+
+
+def test_labels_come_only_from_rows_the_dataset_reads(tmp_path, tokenizer):
+    # Rows with another number of columns than the header, or an empty or negative label, are
+    # skipped by the dataset: they must not add classes either.
+    body = ("sentence\tlabel\ngood one\tpos\n\n   \ngood two\tneg\nthree\tcolumns\there\n"
+            "missing label\n\"quoted\ttab\"\tpos\nempty label\t \ngood three\tpos\n")
+    (tmp_path / "t.tsv").write_text(body)
+    source = str(tmp_path / "t.tsv")
+    info = text.classification_info(source)
+    assert info["label_names"] == ("neg", "pos") and info["num_classes"] == 2
+    before = skipped_counts().get(source, 0)
+    labels = _labels_of(text.classification_dataset(source, tokenizer, 8, 2, split="eval"))
+    assert labels == [1, 0, 1]  # good one, good two, good three
+    # "three columns here", "missing label", the quoted tab (3 fields) and the empty label.
+    assert skipped_counts()[source] - before == 4
+    (tmp_path / "ints.tsv").write_text("a\t0\nb\t2\nc\t-1\nd\t1\textra\n")
+    source = str(tmp_path / "ints.tsv")
+    info = text.classification_info(source)
+    assert info["num_classes"] == 3 and info["integer_labels"]  # not 4 nor -1 classes
+    assert _labels_of(text.classification_dataset(source, tokenizer, 8, 4, split="eval")) == [0, 2]
+    assert skipped_counts()[source] == 2
+
+
+def test_mixed_integer_and_name_labels_raise_naming_the_file_and_both_kinds(tmp_path):
+    (tmp_path / "mixed.tsv").write_text("sentence\tlabel\ngood one\t0\ngood two\t1\nbad label\t5x\n")
+    source = str(tmp_path / "mixed.tsv")
+    with pytest.raises(ValueError) as error:
+        text.classification_info(source)
+    message = str(error.value)
+    assert "mixed.tsv" in message and "integer class ids" in message and "'0'" in message
+    assert "class names" in message and "'5x'" in message and "row 4" in message
+    # With `label_names`, every label is a name: "0" and "1" are then skipped as unknown.
+    info = text.classification_info(source, label_names=["5x"])
+    assert info["label_names"] == ("5x",) and not info["integer_labels"]
+
+
+def test_binary_vocabulary_or_table_raises_naming_the_file(tmp_path):
+    binary = bytes(range(256)) * 4
+    (tmp_path / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\n" + binary)
+    (tmp_path / "data.tsv").write_bytes(b"sentence\tlabel\nfine\t1\n" + binary)
+    (tmp_path / "data.csv").write_bytes(binary)
+    with pytest.raises(ValueError, match=r"vocab\.txt.*not UTF-8 text.*line 4.*one token per line"):
+        text.load_vocabulary(str(tmp_path / "vocab.txt"))
+    with pytest.raises(ValueError, match=r"vocab\.txt.*not UTF-8"):
+        text.make_tokenizer(str(tmp_path / "vocab.txt"))
+    for name in ("data.tsv", "data.csv"):
+        with pytest.raises(ValueError, match=rf"{name}.*not UTF-8 text.*TSV/CSV of text and label"):
+            text.classification_info(str(tmp_path / name))
+
+
+def test_nul_bytes_and_invalid_utf8_are_cleaned_before_tokenizing(tmp_path, tokenizer):
+    # TF Text's in-graph split ends a string at a NUL byte; keras-hub's eager (pure-Python) path
+    # splits there and keeps the rest. The pipelines must give the eager path's tokens.
+    (tmp_path / "nul.tsv").write_bytes(b"the assert\x00statement\t1\nclass \x00\x00 def\t0\n")
+    source = str(tmp_path / "nul.tsv")
+    x, labels = next(iter(text.classification_dataset(source, tokenizer, 8, 2, split="eval")))
+    for row, sentence in zip(x["token_ids"].numpy(), ["the assert\x00statement", "class \x00\x00 def"]):
+        expected = np.asarray(tokenizer.tokenize(sentence))[:8]
+        assert len(expected) >= 3
+        np.testing.assert_array_equal(row[: len(expected)], expected)
+    (tmp_path / "nul.txt").write_bytes(b"a\x00b c\n\xff\x00z\n")
+    lines = [line.numpy() for line in text.text_lines(str(tmp_path / "nul.txt"))]
+    assert lines == [b"a b c", "\ufffd z".encode()]

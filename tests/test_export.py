@@ -24,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gmlp
+from keras_gmlp.data.text import clean_text
 from keras_gmlp.data.text import make_tokenizer
 from keras_gmlp.export import export_image_classifier
 from keras_gmlp.export import export_model
@@ -102,6 +103,8 @@ for call in plan["calls"]:
         results[call["id"]] = {k: v.numpy() for k, v in outputs.items()}
     except tf.errors.InvalidArgumentError as error:
         results[call["id"]] = {"error": error.message}
+    except (TypeError, ValueError) as error:  # refused before the graph runs
+        results[call["id"]] = {"error": f"{type(error).__name__}: {error}"}
 pickle.dump(results, open(sys.argv[2], "wb"))
 """
 
@@ -298,6 +301,51 @@ def exported(tmp_path_factory):
         {"image_bytes": np.array([png], dtype=object)},
         dict(logits=gray.predict(gray_pixels[2:3].astype("float32"), verbose=0)))
 
+    # Hostile requests (tests/test_export.py::test_hostile_*): each must fail alone with a clear
+    # INVALID_ARGUMENT, and the process must go on serving the same answers.
+    ids3, mask3 = np.array([[5, 6, 8]], "int32"), np.ones((1, 3), "int32")
+    one_mask = np.array([[1]], "int32")
+    for call_id, x in [
+        ("id_minus_1", dict(token_ids=np.array([[5, -1, 8]], "int32"))),
+        ("id_vocabulary_size", dict(token_ids=np.array([[5, len(VOCAB), 8]], "int32"))),
+        ("padding_mask_shape", dict(padding_mask=np.ones((1, 2), "int32"))),
+        ("padding_mask_values", dict(padding_mask=np.array([[1, 2, -1]], "int32"))),
+        ("rank_1", dict(token_ids=ids3[0], padding_mask=mask3[0])),
+        ("length_0", dict(token_ids=np.zeros((1, 0), "int32"), padding_mask=np.zeros((1, 0), "int32"))),
+        ("int64_ids", dict(token_ids=ids3.astype("int64"))),
+    ]:
+        inputs = {"token_ids": ids3, "padding_mask": mask3, **x}
+        add(f"classifier_hostile_{call_id}", "classifier", "serving_default", inputs)
+        add(f"mlm_hostile_{call_id}", "mlm", "serving_default", {"mask_positions": one_mask, **inputs})
+    for call_id, positions, batch in [("position_minus_1", [[-1]], 1), ("position_length", [[3]], 1),
+                                      ("batch_2_positions_1", [[1]], 2)]:
+        add(f"mlm_hostile_{call_id}", "mlm", "serving_default",
+            {"token_ids": np.repeat(ids3, batch, 0), "padding_mask": np.repeat(mask3, batch, 0),
+             "mask_positions": np.array(positions, "int32")})
+    good = rng.uniform(0, 255, size=(2, 8, 8, 1)).astype("float32")
+    for call_id, images in [
+        ("rank_2", good[0, :, :, 0]), ("rank_3", good[0]), ("rank_5", good[None]),
+        ("height_9", np.zeros((1, 9, 8, 1), "float32")), ("channels_3", np.zeros((1, 8, 8, 3), "float32")),
+        ("nan", np.where(np.arange(64).reshape(1, 8, 8, 1) == 5, np.nan, good[:1]).astype("float32")),
+        ("inf", np.full((1, 8, 8, 1), np.inf, "float32")), ("uint8", good.astype("uint8")),
+    ]:
+        add(f"gray_hostile_{call_id}", "gray", "serving_default", {"images": images})
+    add("rgb_hostile_rank_3", "rgb", "serving_default", {"images": np.zeros((8, 8, 3), "float32")})
+    add("gray_hostile_bytes_rank_2", "gray", "predict_image_bytes",
+        {"image_bytes": np.array([[_png(gray_pixels[0])]], dtype=object)})
+    add("classifier_hostile_text_rank_2", "classifier", "predict_text",
+        {"text": np.array([[b"the cat"]], dtype=object)})
+    # NUL bytes and invalid UTF-8 in raw text: tokenized as keras_gmlp.data's pipelines do.
+    nul_texts = [b"the cat\x00sat on the mat", b"\x00", b"dog \x00\x00 ran [MASK]", b"\xff the cat"]
+    add("mlm_text_nul", "mlm", "predict_text", {"text": np.array(nul_texts, dtype=object)})
+    add("classifier_text_nul", "classifier", "predict_text",
+        {"text": np.array(nul_texts, dtype=object)})
+    # The same loaded models answer as before after all of the above.
+    add("gray_after_hostile", "gray", "serving_default", {"images": good},
+        dict(logits=gray.predict(good, verbose=0)))
+    x = {"token_ids": ids3, "padding_mask": mask3, "mask_positions": one_mask}
+    add("mlm_after_hostile", "mlm", "serving_default", x, mlm.predict(x, verbose=0))
+
     plan_path, results_path = base / "plan.pkl", base / "results.pkl"
     with open(plan_path, "wb") as f:
         pickle.dump({"exports": exports, "calls": calls}, f)
@@ -372,7 +420,9 @@ def test_saved_model_cli_lists_the_signatures(exported):
     assert "FastWordpieceTokenizeWithOffsets" in mlm  # the tokenizer runs in the graph
     for signature in ("serving_default", "predict_image_bytes"):
         assert f"signature_def['{signature}']" in gray
-    assert "shape: (-1, 8, 8, 1)" in gray
+    # Inputs are declared by dtype only: the signatures check shapes themselves (see
+    # keras_gmlp/export/common.py: TensorFlow does not enforce a declared shape).
+    assert "inputs['images'] tensor_info:\n        dtype: DT_FLOAT\n        shape: unknown_rank" in gray
     assert "output_0" not in mlm + gray
 
 
@@ -578,3 +628,82 @@ def test_saved_models_hold_no_xla_compiled_functions(exported):
             if function.attr["_XlaMustCompile"].b
         ]
         assert compiled == [], (name, compiled)
+
+
+def _error(results, call_id):
+    assert "error" in results[call_id], f"{call_id} answered {sorted(results[call_id])}"
+    return results[call_id]["error"]
+
+
+def test_hostile_token_ids_fail_the_request_naming_input_value_and_expectation(exported):
+    results = exported["results"]
+    for model in ("mlm", "classifier"):
+        def error(case):
+            return _error(results, f"{model}_hostile_{case}")
+
+        # Negative ids used to wrap around (-1 answered as id V-1), ids >= V to gather garbage.
+        assert ("`token_ids` has values in [-1, 8]: expected token ids in [0, 32), the "
+                "vocabulary size.") in error("id_minus_1")
+        assert "`token_ids` has values in [5, 32]" in error("id_vocabulary_size")
+        assert ("`padding_mask` of shape [1 2]: expected the shape of `token_ids`, [1 3]."
+                in error("padding_mask_shape"))
+        assert ("`padding_mask` has values in [-1, 2]: expected 0 (padding) or 1 (token)."
+                in error("padding_mask_values"))
+        rank_1 = error("rank_1")
+        assert "` of shape [3]: expected rank 2, (batch, length) int32." in rank_1
+        assert "`token_ids`" in rank_1 or "`padding_mask`" in rank_1
+        assert ("`token_ids` of shape [1 0]: expected (batch, length) with 1 <= length <= "
+                "sequence_length=8.") in error("length_0")
+        int64 = error("int64_ids")  # TensorFlow refuses another dtype before the graph runs
+        assert "int32" in int64 and "int64" in int64
+    # Positions used to wrap (-1 read the last token) and a batch-1 mask_positions broadcast.
+    assert ("`mask_positions` has values in [-1, -1]: expected positions in [0, length of "
+            "`token_ids`).") in _error(results, "mlm_hostile_position_minus_1")
+    assert "`mask_positions` has values in [3, 3]" in _error(results, "mlm_hostile_position_length")
+    assert ("`mask_positions` of shape [1 1]: expected (batch, masks) with the batch of "
+            "`token_ids`, [2 3].") in _error(results, "mlm_hostile_batch_2_positions_1")
+    assert ("`text` of shape [1 1]: expected (batch,) strings."
+            in _error(results, "classifier_hostile_text_rank_2"))
+
+
+def test_hostile_images_fail_the_request_and_the_process_keeps_serving(exported):
+    results, expected = exported["results"], exported["expected"]
+    # Ranks 2 and 3 used to abort the whole process (a oneDNN check); the others answered.
+    for case, shape in [("rank_2", "[8 8]"), ("rank_3", "[8 8 1]"), ("rank_5", "[1 2 8 8 1]"),
+                        ("height_9", "[1 9 8 1]"), ("channels_3", "[1 8 8 3]")]:
+        assert (f"`images` of shape {shape}: expected (batch, 8, 8, 1) float32 pixels."
+                in _error(results, f"gray_hostile_{case}")), case
+    assert ("`images` of shape [8 8 3]: expected (batch, 8, 8, 3) float32 pixels."
+            in _error(results, "rgb_hostile_rank_3"))
+    # NaN and Inf used to answer NaN probabilities with label "0".
+    assert ("`images` has 1 NaN or infinite values: expected finite pixels in [0, 255]."
+            in _error(results, "gray_hostile_nan"))
+    assert "`images` has 64 NaN or infinite values" in _error(results, "gray_hostile_inf")
+    uint8 = _error(results, "gray_hostile_uint8")
+    assert "float" in uint8 and "uint8" in uint8
+    assert ("`image_bytes` of shape [1 1]: expected (batch,) encoded images."
+            in _error(results, "gray_hostile_bytes_rank_2"))
+    _check_classifier(results["gray_after_hostile"], expected["gray_after_hostile"]["logits"],
+                      ["0", "1", "2"])
+    np.testing.assert_allclose(results["mlm_after_hostile"]["logits"],
+                               expected["mlm_after_hostile"], **TOL)
+
+
+def test_raw_text_is_tokenized_as_the_data_pipelines_do_nul_bytes_included(exported):
+    results = exported["results"]
+    texts = [b"the cat\x00sat on the mat", b"\x00", b"dog \x00\x00 ran [MASK]", b"\xff the cat"]
+    decoded = [t.decode("utf-8", errors="replace") for t in texts]
+    # keras_gmlp.data's own path: clean_text, then the tokenizer inside tf.data.
+    pipeline = tf.data.Dataset.from_tensor_slices(texts).map(clean_text).batch(len(texts))
+    pipeline_ids = next(iter(pipeline.map(make_tokenizer(VOCAB)))).to_list()
+    for name, special_tokens in [("classifier", None), ("mlm", ["[MASK]"])]:
+        out = results[f"{name}_text_nul"]
+        # keras-hub's eager, pure-Python path: the rest of the string after a NUL is kept.
+        ids, mask = _reference_ids(decoded, special_tokens=special_tokens)
+        np.testing.assert_array_equal(out["token_ids"], ids)
+        assert ids[0].tolist() == [VOCAB.index(w) for w in "the cat sat on the mat".split()]
+        if name == "classifier":
+            for row, expected_row, row_mask in zip(out["token_ids"], pipeline_ids, mask):
+                assert row[row_mask == 1].tolist() == expected_row[:N]
+        else:
+            np.testing.assert_array_equal(out["num_masks"], [0, 0, 1, 0])

@@ -44,9 +44,14 @@ def default_corpus():
     return paragraphs
 
 
-def _clean_text(text):
-    # Invalid UTF-8 would make the tokenizer's normalisation fail on a whole batch.
+def clean_text(text):
+    """What every text pipeline does to a string before tokenizing it (and so do the exports'
+    raw-text signatures): invalid UTF-8 becomes U+FFFD (it would make the tokenizer's
+    normalisation fail on a whole batch), a NUL byte a space (TF Text's in-graph splitting ends
+    a string at a NUL; keras-hub's Python path splits there), surrounding whitespace is stripped.
+    """
     text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+    text = tf.strings.regex_replace(text, r"\x00", " ")
     return tf.strings.strip(text)
 
 
@@ -116,7 +121,7 @@ def text_lines(source=None, data_dir=None, split="train", *, text_key=None):
         builder, examples = _tfds.load(rest, split, data_dir, source)
         key = _tfds.feature_key(builder, "text", text_key, source, "text_key")
         lines = examples.map(lambda example: example[key], num_parallel_calls=AUTOTUNE, deterministic=True)
-    lines = lines.map(_clean_text, num_parallel_calls=AUTOTUNE, deterministic=True)
+    lines = lines.map(clean_text, num_parallel_calls=AUTOTUNE, deterministic=True)
     lines = lines.filter(lambda line: tf.strings.length(line) > 0)
     _common.require_elements(lines, 1, source, "non-empty text")
     return lines.with_options(_common.deterministic_options())
@@ -167,13 +172,29 @@ def load_vocabulary(path):
     """Read a vocab.txt (one token per line, as written by `save_vocabulary` or BERT)."""
     if not tf.io.gfile.exists(path):
         raise ValueError(f"`path`={path!r}: no such vocabulary file.")
-    with tf.io.gfile.GFile(path, "r") as f:
-        vocabulary = [line.rstrip("\r\n") for line in f]
+    text = _read_utf8(path, "path", path, "a UTF-8 text file of one token per line (vocab.txt)")
+    vocabulary = [line.rstrip("\r") for line in text.split("\n")]
     while vocabulary and not vocabulary[-1]:
         vocabulary.pop()
     if not vocabulary:
         raise ValueError(f"`path`={path!r}: the vocabulary file is empty.")
     return vocabulary
+
+
+def _read_utf8(path, argument, value, expected):
+    """The text of `path`; ValueError naming the file when it is not UTF-8 (a binary file)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"`{argument}`={value!r}: " + ("" if value == path else f"file {path!r} ")
+            + f"is not UTF-8 text (byte "
+            f"{data[error.start:error.start + 1]!r} at offset {error.start}, line {line}): "
+            f"expected {expected}."
+        ) from None
 
 
 def make_tokenizer(vocabulary, sequence_length=None, lowercase=True):
@@ -368,20 +389,20 @@ def _delimiter(path):
     return "," if path.lower().endswith(".csv") else "\t"
 
 
-def _read_rows(path):
+def _read_rows(path, source):
     delimiter = _delimiter(path)
-    with tf.io.gfile.GFile(path, "r") as f:
-        if delimiter == ",":
-            return [row for row in csv.reader(f) if row]
-        return [line.rstrip("\r\n").split("\t") for line in f if line.strip()]
+    text = _read_utf8(path, "source", source, "a UTF-8 TSV/CSV of text and label columns")
+    lines = [line.rstrip("\r") for line in text.split("\n")]  # as tf.data.TextLineDataset splits
+    if delimiter == ",":
+        return [row for row in csv.reader(lines) if row]
+    return [line.split("\t") for line in lines if line.strip()]
+
+
+_INTEGER_LABEL = re.compile(r"^[+-]?[0-9]+$")
 
 
 def _is_int(text):
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    return bool(_INTEGER_LABEL.match(text))
 
 
 def _column_index(wanted, header, argument, source):
@@ -394,7 +415,7 @@ def _column_index(wanted, header, argument, source):
 
 def _file_table_info(source, text_column, label_column, label_names):
     files = _common.glob_files(source, source)
-    rows_by_file = [_read_rows(path) for path in files]
+    rows_by_file = [_read_rows(path, source) for path in files]
     first = next((rows[0] for rows in rows_by_file if rows), None)
     if first is None:
         raise ValueError(f"`source`={source!r}: every matching file is empty.")
@@ -418,19 +439,37 @@ def _file_table_info(source, text_column, label_column, label_names):
             label_column = next(lowered.index(n) for n in _LABEL_HEADER_NAMES if n in lowered)
     text_index = _column_index(text_column, header, "text_column", source)
     label_index = _column_index(label_column, header, "label_column", source)
-    labels = set()
-    for rows in rows_by_file:
-        for row in rows[1 if has_header else 0 :]:
-            if max(text_index, label_index) < len(row):
-                labels.add(row[label_index].strip())
+    # Labels come only from rows the dataset reads (`_file_examples`); the others are skipped
+    # there and counted: a row with another number of columns than the first, an empty label,
+    # a negative class id, or (with `label_names`) a label not among them.
+    int_labels, name_labels = {}, {}  # label -> (file, row number) of its first row
+    for path, rows in zip(files, rows_by_file):
+        for number, row in enumerate(rows[1 if has_header else 0 :], start=2 if has_header else 1):
+            if len(row) != len(first):
+                continue
+            label = row[label_index].strip()
+            if not label or (_is_int(label) and int(label) < 0):
+                continue
+            kind = int_labels if _is_int(label) else name_labels
+            kind.setdefault(label, (path, number))
     if label_names is not None:
         label_names = tuple(label_names)
         num_classes = len(label_names)
-    elif labels and all(_is_int(label) for label in labels):
-        num_classes = max(int(label) for label in labels) + 1
+    elif int_labels and name_labels:
+        int_example, name_example = min(int_labels.items(), key=lambda item: item[1]), min(
+            name_labels.items(), key=lambda item: item[1])
+        raise ValueError(
+            f"`source`={source!r}: the label column mixes integer class ids ({len(int_labels)} "
+            f"distinct, e.g. {int_example[0]!r} in {int_example[1][0]!r} row {int_example[1][1]}) "
+            f"and class names ({len(name_labels)} distinct, e.g. {name_example[0]!r} in "
+            f"{name_example[1][0]!r} row {name_example[1][1]}): expected one kind (fix those "
+            f"rows, or pass `label_names` to read every label as a name)."
+        )
+    elif int_labels:
+        num_classes = max(int(label) for label in int_labels) + 1
         label_names = tuple(str(i) for i in range(num_classes))
     else:
-        label_names = tuple(sorted(labels))
+        label_names = tuple(sorted(name_labels))
         num_classes = len(label_names)
     if num_classes == 0:
         raise ValueError(f"`source`={source!r} yields no labelled rows.")
@@ -441,7 +480,7 @@ def _file_table_info(source, text_column, label_column, label_names):
         "label_column": label_index,
         "has_header": has_header,
         "num_columns": len(first),
-        "integer_labels": all(_is_int(label) for label in labels) and label_names == tuple(
+        "integer_labels": not name_labels and label_names == tuple(
             str(i) for i in range(num_classes)),
         "files": files,
     }
@@ -567,7 +606,7 @@ def classification_dataset(
         text_key, label_key = info["text_column"], info["label_column"]
         examples = raw.map(lambda e: (e[text_key], tf.cast(e[label_key], tf.int32)),
                            num_parallel_calls=AUTOTUNE, deterministic=True)
-    examples = examples.map(lambda text, label: (_clean_text(text), label))
+    examples = examples.map(lambda text, label: (clean_text(text), label))
     _common.require_elements(examples, 1, source, "examples")
 
     if shuffle:

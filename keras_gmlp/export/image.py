@@ -4,6 +4,10 @@ import tensorflow as tf
 
 from keras_gmlp.export.common import LABELS_FILENAME
 from keras_gmlp.export.common import ServingModule
+from keras_gmlp.export.common import after
+from keras_gmlp.export.common import input_spec
+from keras_gmlp.export.common import require
+from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import check_top_k
 from keras_gmlp.export.common import classification_outputs
 from keras_gmlp.export.common import label_names_for
@@ -27,21 +31,29 @@ class _ImageClassifierModule(ServingModule):
             LABELS_FILENAME, label_names_for(model.num_classes, label_names)
         )
         self.labels_table = self.lookup_table(self.labels_file)
-        height, width, channels = self._image_shape
         self.serve_images = tf.function(
-            self._serve_images,
-            input_signature=[
-                tf.TensorSpec([None, height, width, channels], tf.float32, name="images")
-            ],
+            self._serve_images, input_signature=[input_spec(tf.float32, "images")]
         )
         self.serve_image_bytes = tf.function(
-            self._serve_image_bytes,
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+            self._serve_image_bytes, input_signature=[input_spec(tf.string, "image_bytes")]
         )
 
-    def _serve_images(self, images):
+    def _classify(self, images):
         logits = self.call_model(images)
         return classification_outputs(logits, self._top_k, self.labels_table)
+
+    def _serve_images(self, images):
+        height, width, channels = self._image_shape
+        expected = f"(batch, {height}, {width}, {channels}) float32 pixels"
+        images = after([require_shape(images, "images", (None, height, width, channels),
+                                      expected)], images)
+        non_finite = tf.math.count_nonzero(~tf.math.is_finite(images))
+        images = after([require(
+            tf.equal(non_finite, 0),
+            "`images` has {} NaN or infinite values: expected finite pixels in [0, 255].",
+            non_finite,
+        )], images)
+        return self._classify(tf.ensure_shape(images, (None, *self._image_shape)))
 
     def _decode(self, encoded):
         height, width, channels = self._image_shape
@@ -89,12 +101,15 @@ class _ImageClassifierModule(ServingModule):
         return image[top : top + crop_h, left : left + crop_w]
 
     def _serve_image_bytes(self, image_bytes):
+        image_bytes = after([require_shape(image_bytes, "image_bytes", (None,),
+                                           "(batch,) encoded images")], image_bytes)
+        image_bytes = tf.ensure_shape(image_bytes, [None])
         images = tf.map_fn(
             self._decode,
             image_bytes,
             fn_output_signature=tf.TensorSpec(self._image_shape, tf.float32),
         )
-        return self._serve_images(images)
+        return self._classify(images)
 
 
 def export_image_classifier(model, export_base, *, label_names=None, top_k=5, version=None,

@@ -12,7 +12,13 @@ import tensorflow as tf
 
 from keras_gmlp.export.common import LABELS_FILENAME
 from keras_gmlp.export.common import VOCABULARY_FILENAME
+from keras_gmlp.data.text import clean_text
 from keras_gmlp.export.common import ServingModule
+from keras_gmlp.export.common import after
+from keras_gmlp.export.common import input_spec
+from keras_gmlp.export.common import require
+from keras_gmlp.export.common import require_range
+from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import check_lines
 from keras_gmlp.export.common import check_top_k
 from keras_gmlp.export.common import classification_outputs
@@ -27,7 +33,11 @@ MASK_TOKEN = "[MASK]"
 
 
 def _token_id_spec(name):
-    return tf.TensorSpec([None, None], tf.int32, name=name)
+    return input_spec(tf.int32, name)
+
+
+def _text_spec():
+    return input_spec(tf.string, "text")
 
 
 def _serving_tokenizer(tokenizer, model, extra_special_tokens=()):
@@ -75,6 +85,7 @@ class _TextModule(ServingModule):
                  extra_special_tokens=()):
         super().__init__(model, metadata, asset_dir)
         self._sequence_length = model.backbone.sequence_length
+        self._vocabulary_size = model.backbone.vocabulary_size
         self._has_tokenizer = tokenizer is not None
         if tokenizer is None:
             if start_token is not None or end_token is not None:
@@ -97,13 +108,59 @@ class _TextModule(ServingModule):
         if extra_special_tokens:
             self._special_ids = {token: vocabulary.index(token) for token in extra_special_tokens}
 
-    def check_length(self, token_ids):
-        """Fails the request with a clear message when `token_ids` is longer than the model's."""
-        return tf.debugging.assert_less_equal(
-            tf.shape(token_ids)[1],
-            self._sequence_length,
-            message=f"token_ids is longer than the model's sequence_length={self._sequence_length}",
-        )
+    def check_token_inputs(self, token_ids, padding_mask, mask_positions=None):
+        """The token-id signature's inputs, checked in order (ranks, shapes, values) before
+        the model runs; each failed check fails the request with a message naming the input,
+        its shape or values and what was expected. Returns the inputs, rank 2."""
+        n, vocabulary_size = self._sequence_length, self._vocabulary_size
+        inputs = [token_ids, padding_mask] + ([] if mask_positions is None else [mask_positions])
+        names = ["token_ids", "padding_mask", "mask_positions"]
+        inputs = after([
+            require_shape(x, name, (None, None), "rank 2, (batch, length) int32")
+            for x, name in zip(inputs, names)
+        ], *inputs)
+        token_ids, padding_mask = inputs[0], inputs[1]
+        shape = tf.shape(token_ids, out_type=tf.int64)
+        length = shape[1]
+        checks = [
+            require(
+                (length >= 1) & (length <= n),
+                f"`token_ids` of shape {{}}: expected (batch, length) with 1 <= length <= "
+                f"sequence_length={n}.",
+                shape,
+            ),
+            require(
+                tf.reduce_all(tf.equal(tf.shape(padding_mask, out_type=tf.int64), shape)),
+                "`padding_mask` of shape {}: expected the shape of `token_ids`, {}.",
+                tf.shape(padding_mask, out_type=tf.int64), shape,
+            ),
+        ]
+        if mask_positions is not None:
+            mask_shape = tf.shape(inputs[2], out_type=tf.int64)
+            checks.append(require(
+                tf.equal(mask_shape[0], shape[0]),
+                "`mask_positions` of shape {}: expected (batch, masks) with the batch of "
+                "`token_ids`, {}.",
+                mask_shape, shape,
+            ))
+        inputs = after(checks, *inputs)
+        checks = [
+            require_range(inputs[0], "token_ids", 0, vocabulary_size,
+                          f"token ids in [0, {vocabulary_size}), the vocabulary size"),
+            require_range(inputs[1], "padding_mask", 0, 2, "0 (padding) or 1 (token)"),
+        ]
+        if mask_positions is not None:
+            checks.append(require_range(
+                inputs[2], "mask_positions", 0, tf.cast(length, inputs[2].dtype),
+                "positions in [0, length of `token_ids`)",
+            ))
+        inputs = after(checks, *inputs)
+        return [tf.ensure_shape(x, [None, None]) for x in inputs]
+
+    def check_text(self, text):
+        """`text` checked to be `(batch,)` strings, and cleaned as the training pipelines do."""
+        text = after([require_shape(text, "text", (None,), "(batch,) strings")], text)
+        return clean_text(tf.ensure_shape(text, [None]))
 
     def tokenize(self, text):
         """`(batch,)` strings -> `(token_ids, padding_mask)`, `(batch, width)` int32.
@@ -150,12 +207,14 @@ class _MaskedLMModule(_TextModule):
         _token_id_spec("mask_positions"),
     ])
     def serve_token_ids(self, token_ids, padding_mask, mask_positions):
-        with tf.control_dependencies([self.check_length(token_ids)]):
-            logits = self.call_model({
-                "token_ids": token_ids,
-                "padding_mask": padding_mask,
-                "mask_positions": mask_positions,
-            })
+        token_ids, padding_mask, mask_positions = self.check_token_inputs(
+            token_ids, padding_mask, mask_positions
+        )
+        logits = self.call_model({
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "mask_positions": mask_positions,
+        })
         outputs = self._top_k_predictions(logits)
         if self._has_tokenizer:
             outputs["top_k_tokens"] = self.vocabulary_table.lookup(
@@ -163,9 +222,9 @@ class _MaskedLMModule(_TextModule):
             )
         return outputs
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    @tf.function(input_signature=[_text_spec()])
     def serve_text(self, text):
-        token_ids, padding_mask = self.tokenize(text)
+        token_ids, padding_mask = self.tokenize(self.check_text(text))
         mask_id = self._special_ids[MASK_TOKEN]
         is_mask = tf.equal(token_ids, mask_id) & tf.cast(padding_mask, tf.bool)
         where = tf.where(is_mask)  # row-major: each row's masks in reading order
@@ -210,13 +269,13 @@ class _TextClassifierModule(_TextModule):
 
     @tf.function(input_signature=[_token_id_spec("token_ids"), _token_id_spec("padding_mask")])
     def serve_token_ids(self, token_ids, padding_mask):
-        with tf.control_dependencies([self.check_length(token_ids)]):
-            logits = self.call_model({"token_ids": token_ids, "padding_mask": padding_mask})
+        token_ids, padding_mask = self.check_token_inputs(token_ids, padding_mask)
+        logits = self.call_model({"token_ids": token_ids, "padding_mask": padding_mask})
         return classification_outputs(logits, self._top_k, self.labels_table)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    @tf.function(input_signature=[_text_spec()])
     def serve_text(self, text):
-        token_ids, padding_mask = self.tokenize(text)
+        token_ids, padding_mask = self.tokenize(self.check_text(text))
         logits = self.call_model({"token_ids": token_ids, "padding_mask": padding_mask})
         outputs = classification_outputs(logits, self._top_k, self.labels_table)
         outputs["token_ids"] = token_ids

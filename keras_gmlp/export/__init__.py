@@ -27,12 +27,15 @@ def export_model(model, export_base, *, tokenizer=None, label_names=None, top_k=
 
     Args:
         model: a `GMLPMaskedLM`, `GMLPTextClassifier` or `GMLPImageClassifier`.
-        export_base: directory holding integer version subdirectories.
+        export_base: directory holding integer version subdirectories, local or
+            on any TensorFlow file system ("gs://bucket/exports"): every path
+            goes through `tf.io.gfile`.
         tokenizer: the text models' `keras_hub.tokenizers.WordPieceTokenizer`;
             adds the raw-text signature `predict_text`.
         label_names: the classifiers' class names (stored as an asset).
         top_k: int, candidates in the top-k outputs.
-        version: int, or None for one more than the largest existing version.
+        version: int, or None for one more than the largest existing version
+            (an exporter whose version another one took meanwhile takes the next).
     """
     if isinstance(model, GMLPMaskedLM):
         if label_names is not None:

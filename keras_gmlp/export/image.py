@@ -129,6 +129,12 @@ def export_image_classifier(model, export_base, *, label_names=None, top_k=5, ve
             clipped to [0, 255] (the model rescales pixels itself), as
             keras_gmlp.data.images prepares evaluation images. Undecodable
             bytes fail the request with InvalidArgumentError.
+        Inputs are declared by dtype only; each signature checks them before
+        the model runs and fails the request with InvalidArgumentError
+        ("assertion failed: [`images` of shape [8 8]: expected (batch, 8, 8,
+        1) float32 pixels.]") for another rank or shape, NaN or infinite
+        pixels, or `image_bytes` that is not a vector; TensorFlow refuses
+        another dtype.
         Outputs: `logits`, `probabilities` `(batch, classes)` float32;
             `predicted_id` int32 and `predicted_label` string `(batch,)`;
             `top_k_ids` int32, `top_k_scores` float32, `top_k_labels` string

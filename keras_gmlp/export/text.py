@@ -309,6 +309,9 @@ def export_masked_lm(model, export_base, *, tokenizer=None, top_k=5, version=Non
             `num_masks` int32 `(batch,)` the number of [MASK] tokens kept
             after truncation (only the first `max_masks` are predicted);
             `token_ids` int32 `(batch, width)` the tokenized input.
+        Token-id inputs are checked before the model runs (see
+        `export_text_classifier`); `mask_positions` must have the batch of
+        `token_ids` and values in [0, length).
 
     Args:
         model: a `GMLPMaskedLM`.
@@ -355,6 +358,14 @@ def export_text_classifier(model, export_base, *, tokenizer=None, label_names=No
             `predicted_id` int32 and `predicted_label` string `(batch,)`;
             `top_k_ids` int32, `top_k_scores` float32, `top_k_labels` string
             `(batch, k)`, k = min(top_k, classes).
+        Inputs are declared by dtype only and checked before the model runs:
+        `token_ids` rank 2 with 1 <= length <= `sequence_length` and ids in
+        [0, vocabulary_size), `padding_mask` of the same shape with values 0
+        or 1, `text` a vector. A failed check fails the request with
+        InvalidArgumentError naming the input, its shape or value range and
+        what was expected. Raw text is cleaned as keras_gmlp.data's
+        pipelines clean it (`keras_gmlp.data.text.clean_text`: invalid UTF-8
+        replaced, NUL bytes as spaces, whitespace stripped) before tokenizing.
 
     Args:
         model: a `GMLPTextClassifier`.

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -118,7 +119,9 @@ def test_scratch_directories_of_killed_exports_are_removed(model, tmp_path):
     owners = {
         ".tmp-export-3-dead": {"host": host, "pid": _dead_pid()},  # killed on this host
         ".tmp-export-4-alive": {"host": host, "pid": os.getpid()},  # still running
-        ".tmp-export-5-remote": {"host": host + "-other", "pid": 1},  # another host, recent
+        ".tmp-export-5-remote": {"host": host + "-other", "pid": 1, "time": time.time()},
+        ".tmp-export-2-remote-old": {"host": host + "-other", "pid": 1,
+                                     "time": time.time() - 2 * 24 * 3600},  # two days old
     }
     for name, owner in owners.items():
         (base / name / "saved_model").mkdir(parents=True)

@@ -270,6 +270,9 @@ def _scratch_is_stale(path, now):
         owner = None
     if owner and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
         return not _pid_alive(owner["pid"])
+    if owner and isinstance(owner.get("time"), (int, float)):
+        # Object stores have no directory mtimes: the record says when the export started.
+        return now - owner["time"] > STALE_SCRATCH_SECONDS
     try:
         age = now - tf.io.gfile.stat(path).mtime_nsec / 1e9
     except tf.errors.OpError:

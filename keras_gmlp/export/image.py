@@ -5,13 +5,13 @@ import tensorflow as tf
 from keras_gmlp.export.common import LABELS_FILENAME
 from keras_gmlp.export.common import ServingModule
 from keras_gmlp.export.common import after
-from keras_gmlp.export.common import input_spec
-from keras_gmlp.export.common import require
-from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import check_top_k
 from keras_gmlp.export.common import classification_outputs
+from keras_gmlp.export.common import input_spec
 from keras_gmlp.export.common import label_names_for
 from keras_gmlp.export.common import model_metadata
+from keras_gmlp.export.common import require
+from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import save_versioned
 from keras_gmlp.models import GMLPImageClassifier
 

@@ -10,20 +10,20 @@ token-id signatures only.
 import keras_hub
 import tensorflow as tf
 
-from keras_gmlp.export.common import LABELS_FILENAME
-from keras_gmlp.export.common import VOCABULARY_FILENAME
 from keras_gmlp.data.text import clean_text
+from keras_gmlp.export.common import LABELS_FILENAME
 from keras_gmlp.export.common import ServingModule
+from keras_gmlp.export.common import VOCABULARY_FILENAME
 from keras_gmlp.export.common import after
-from keras_gmlp.export.common import input_spec
-from keras_gmlp.export.common import require
-from keras_gmlp.export.common import require_range
-from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import check_lines
 from keras_gmlp.export.common import check_top_k
 from keras_gmlp.export.common import classification_outputs
+from keras_gmlp.export.common import input_spec
 from keras_gmlp.export.common import label_names_for
 from keras_gmlp.export.common import model_metadata
+from keras_gmlp.export.common import require
+from keras_gmlp.export.common import require_range
+from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import save_versioned
 from keras_gmlp.models import GMLPMaskedLM
 from keras_gmlp.models import GMLPTextClassifier

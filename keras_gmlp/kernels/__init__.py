@@ -7,7 +7,7 @@ into the functions here instead, which compute the same thing faster:
 
 - `fusion.fused`: an element-wise region compiled by XLA into one loop, with the matmuls left
   on TensorFlow's oneDNN kernels;
-- `layer_norm`, `spatial_gating`, `gmlp_block`: LayerNorm, the SGU's element-wise work and a
+- `normalization`, `spatial_gating`, `gmlp_block`: LayerNorm, the SGU's element-wise work and a
   block's GELU as such regions, with written-out gradients (`ops.custom_gradient`) that recompute instead of storing;
 - `reductions`: sums placed where XLA's CPU backend runs them fast.
 
@@ -20,8 +20,8 @@ from keras_gmlp.kernels.fusion import fused
 from keras_gmlp.kernels.gelu import gelu_derivative
 from keras_gmlp.kernels.gelu import gelu_value
 from keras_gmlp.kernels.gmlp_block import gmlp_block_gating
-from keras_gmlp.kernels.layer_norm import FastLayerNormalization
-from keras_gmlp.kernels.layer_norm import layer_norm
+from keras_gmlp.kernels.normalization import FastLayerNormalization
+from keras_gmlp.kernels.normalization import layer_norm
 from keras_gmlp.kernels.reductions import column_sum
 from keras_gmlp.kernels.spatial_gating import gate_product
 from keras_gmlp.kernels.spatial_gating import gelu_spatial_gating_unit

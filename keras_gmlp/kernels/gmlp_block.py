@@ -10,7 +10,7 @@ a split, then the SGU kernels) ran at 0.96x of this one (4 gMLP-S blocks, float3
 
 from keras import ops
 
-from keras_gmlp.kernels.layer_norm import layer_norm
+from keras_gmlp.kernels.normalization import layer_norm
 from keras_gmlp.kernels.spatial_gating import gelu_spatial_gating_unit
 
 

@@ -26,8 +26,8 @@ from keras import ops
 from keras_gmlp.kernels.fusion import fused
 from keras_gmlp.kernels.gelu import gelu_derivative
 from keras_gmlp.kernels.gelu import gelu_value
-from keras_gmlp.kernels.layer_norm import normalize
-from keras_gmlp.kernels.layer_norm import normalize_backward
+from keras_gmlp.kernels.normalization import normalize
+from keras_gmlp.kernels.normalization import normalize_backward
 from keras_gmlp.kernels.reductions import column_sum
 from keras_gmlp.kernels.reductions import row_sum
 

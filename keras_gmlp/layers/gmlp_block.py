@@ -6,6 +6,7 @@ from keras import ops
 from keras_gmlp import kernels
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
+from keras_gmlp.layers.quantization import dtype_config
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
 from keras_gmlp.layers.tiny_attention import TinyAttention
 from keras_gmlp.validation import check
@@ -156,6 +157,7 @@ class GMLPBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
+                "dtype": dtype_config(self),
                 "hidden_dim": self.hidden_dim,
                 "ffn_dim": self.ffn_dim,
                 "sequence_length": self.sequence_length,

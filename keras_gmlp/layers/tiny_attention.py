@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_gmlp.layers.masking import causal_mask
 from keras_gmlp.layers.masking import resolve_padding_mask
+from keras_gmlp.layers.quantization import dtype_config
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -79,6 +80,7 @@ class TinyAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
+                "dtype": dtype_config(self),
                 "output_dim": self.output_dim,
                 "attention_dim": self.attention_dim,
                 "causal": self.causal,

@@ -77,11 +77,17 @@ def test_stochastic_depth_drops_whole_examples(path, rng):
     np.testing.assert_allclose(out[kept] - x[kept], 2 * (inference[kept] - x[kept]), rtol=1e-4, atol=1e-5)
 
 
-def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="ffn_dim"):
+def test_bad_arguments_raise_naming_argument_value_and_expectation():
+    with pytest.raises(ValueError, match=r"`ffn_dim`=15: expected an even int"):
         GMLPBlock(8, 15, 4)
-    with pytest.raises(ValueError, match="drop_path_rate"):
+    with pytest.raises(ValueError, match=r"`drop_path_rate`=1.0: expected a float in \[0, 1\)"):
         GMLPBlock(8, 16, 4, drop_path_rate=1.0)
+    with pytest.raises(ValueError, match=r"`hidden_dim`=0: expected a positive int"):
+        GMLPBlock(0, 16, 4)
+    with pytest.raises(ValueError, match=r"`tiny_attention_dim`=0: expected a positive int"):
+        GMLPBlock(8, 16, 4, tiny_attention_dim=0)
+    with pytest.raises(ValueError, match=r"`gate_norm_epsilon`=0: expected a finite float > 0"):
+        GMLPBlock(8, 16, 4, gate_norm_epsilon=0)
     with pytest.raises(ValueError, match=r"expected 8 channels \(hidden_dim\)"):
         GMLPBlock(8, 16, 4)(np.zeros((1, 4, 6), "float32"))
 

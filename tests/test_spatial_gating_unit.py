@@ -131,7 +131,7 @@ def test_padding_equals_truncation(rng):
 
 def test_too_long_input_raises_naming_both_lengths():
     sgu = SpatialGatingUnit(8)
-    with pytest.raises(ValueError, match=r"sequence_length=8.*length 9"):
+    with pytest.raises(ValueError, match=r"input length`=9: expected at most sequence_length=8"):
         sgu(np.zeros((1, 9, 4), "float32"))
 
 
@@ -141,8 +141,10 @@ def test_odd_channels_raise():
 
 
 def test_bad_sequence_length_raises():
-    with pytest.raises(ValueError, match="sequence_length"):
+    with pytest.raises(ValueError, match=r"`sequence_length`=0: expected a positive int"):
         SpatialGatingUnit(0)
+    with pytest.raises(ValueError, match=r"`layer_norm_epsilon`=-1: expected a finite float > 0"):
+        SpatialGatingUnit(4, layer_norm_epsilon=-1)
 
 
 def test_config_round_trip():

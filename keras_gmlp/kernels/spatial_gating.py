@@ -13,8 +13,9 @@ the d_ffn-wide GELU output is never written out and no kernel splits or joins th
 forward and backward touch about half the memory that separate GELU, split and gate kernels did.
 Measured on 4 gMLP-S blocks forward+backward (`python -m benchmarks.run --sections variants`, 2
 cores): the previous layout (bias+GELU kernel, split, SGU kernels) ran at 0.96x, the SGU's
-element-wise work as plain ops at 0.94x, and the whole plain path (`keras_gmlp.kernels.disabled`)
-at 0.92x (float32; 0.73x to 0.88x in mixed_bfloat16, see benchmarks/README.md).
+element-wise work as plain ops at 0.94x (0.91x mixed_bfloat16), and everything as plain ops with
+Keras' GELU and LayerNorm differentiated by autodiff, as the layers' plain path is, at 0.79x
+(0.63x mixed_bfloat16).
 
 Optional inputs travel as dicts (`optional`) through `ops.custom_gradient`, and the gradient
 function returns a dict with the same keys: TensorFlow flattens both the same way, so no

@@ -2,10 +2,11 @@
 
 A stack of gMLP-S blocks (batch 8, 196 tokens, d 256, d_ffn 1536) is run
 forward and backward (gradients for inputs and weights). The first rows are
-keras_gmlp's own `GMLPBlock`: as shipped (element-wise kernels fused by XLA,
-matmuls on TensorFlow's kernels), with the fusion off (the same keras.ops
-run op by op), and with XLA compiling the whole step. The others are a
-keras.ops copy of the block that changes one thing at a time: the layout
+keras_gmlp's own `GMLPBlock`: as shipped (its keras_gmlp.kernels path:
+element-wise kernels fused by XLA, matmuls on TensorFlow's kernels), its plain
+path (`keras_gmlp.kernels.disabled()`: the paper's keras.ops, autodiff), and
+with XLA compiling the whole step. The others are a copy of the block built
+from keras_gmlp.kernels' public functions that changes one thing at a time: the layout
 (the previous one: one d_ffn-wide projection, a bias+GELU kernel, a split,
 then the SGU kernels), the SGU's
 token-mixing product (broadcast matmul, einsum, transpose to one large
@@ -27,17 +28,34 @@ from keras import ops
 from benchmarks import flops
 from benchmarks.common import release
 from benchmarks.timing import measure
+from keras_gmlp import kernels
 from keras_gmlp.layers import GMLPBlock
-from keras_gmlp.layers.gelu import gelu_exact
-from keras_gmlp.layers.fusion import fusion_disabled
-from keras_gmlp.layers.layer_norm import layer_norm
-from keras_gmlp.layers.spatial_gating_unit import _normalize_gate
-from keras_gmlp.layers.spatial_gating_unit import _product
+
+
+@kernels.fused
+def _bias_gelu_forward(x, bias):
+    return ops.cast(kernels.gelu_value(ops.cast(x, "float32") + bias), x.dtype)
+
+
+@kernels.fused
+def _bias_gelu_backward(x, bias, upstream):
+    z = ops.cast(x, "float32") + bias
+    return ops.cast(ops.cast(upstream, "float32") * kernels.gelu_derivative(z), x.dtype)
+
+
+@ops.custom_gradient
+def _fused_bias_gelu(x, bias):
+    """The previous layout's GELU: `gelu(x + bias)` as its own fused kernel each way."""
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        d_x = _bias_gelu_backward(x, bias, upstream)
+        return d_x, kernels.column_sum(d_x)
+
+    return _bias_gelu_forward(x, bias), grad
 
 
 def _gelu(x, kind):
-    if kind == "fused":  # keras_gmlp's GMLPBlock (bias add handled by the caller)
-        return gelu_exact(x)
     if kind == "autodiff":  # keras_gmlp before: Keras' gelu in the compute dtype
         return ops.gelu(x, approximate=False)
     if kind == "autodiff_float32":
@@ -52,8 +70,8 @@ def _gelu(x, kind):
 def _layer_norm(x, gamma, beta, kind, epsilon):
     if kind == "none":
         return x
-    if kind == "fused":  # keras_gmlp's FastLayerNormalization
-        return layer_norm(x, ops.cast(gamma, "float32"), ops.cast(beta, "float32"), epsilon)
+    if kind == "fused":  # keras_gmlp.kernels' LayerNorm
+        return kernels.layer_norm(x, gamma, beta, epsilon)
     return ops.cast(ops.layer_normalization(x, gamma, beta, epsilon=epsilon), x.dtype)
 
 
@@ -77,19 +95,19 @@ def _block(x, w, options, compute_dtype):
     if options["sgu_elementwise"] == "halves":  # keras_gmlp's GMLPBlock
         u_kernel, v_kernel = ops.split(cast(w["in_kernel"]), 2, axis=-1)
         u_bias, v_bias = ops.split(w["in_bias"], 2)
-        v = _normalize_gate(ops.matmul(h, v_kernel), v_bias, gate_gamma, gate_beta, None, 1e-5)
+        v = kernels.normalize_gate(ops.matmul(h, v_kernel), gate_gamma, gate_beta, 1e-5, gelu_bias=v_bias)
         mixed = _spatial(cast(w["spatial_kernel"]), v, options["sgu"])
-        h = _product(ops.matmul(h, u_kernel), u_bias, mixed, spatial_bias, None)
+        h = kernels.gate_product(ops.matmul(h, u_kernel), mixed, spatial_bias, gelu_bias=u_bias)
     else:
         h = ops.matmul(h, cast(w["in_kernel"]))
         if options["gelu"] == "fused":
-            h = gelu_exact(h, w["in_bias"])
+            h = _fused_bias_gelu(h, ops.cast(w["in_bias"], "float32"))
         else:
             h = _gelu(h + cast(w["in_bias"]), options["gelu"])
         u, v = ops.split(h, 2, axis=-1)
         if options["sgu_elementwise"] == "split":  # the previous layout: GELU, split, SGU kernels
-            v = _normalize_gate(v, None, gate_gamma, gate_beta, None, 1e-5)
-            h = _product(u, None, _spatial(cast(w["spatial_kernel"]), v, options["sgu"]), spatial_bias, None)
+            v = kernels.normalize_gate(v, gate_gamma, gate_beta, 1e-5)
+            h = kernels.gate_product(u, _spatial(cast(w["spatial_kernel"]), v, options["sgu"]), spatial_bias)
         else:
             v = _layer_norm(v, w["gate_gamma"], w["gate_beta"], options["layernorm"], 1e-5)
             v = _spatial(cast(w["spatial_kernel"]), v, options["sgu"]) + cast(w["spatial_bias"])[:, None]
@@ -120,7 +138,7 @@ BF16_VARIANTS = {
     "GELU by autodiff, in float32": dict(gelu="autodiff_float32", **SPLIT),
 }
 LAYER = "GMLPBlock layer (keras_gmlp)"
-LAYER_UNFUSED = "GMLPBlock layer, fusion off (same ops, one kernel each)"
+LAYER_PLAIN = "GMLPBlock layer, plain path (kernels.disabled(): keras.ops, autodiff)"
 
 
 def _weights(num_layers, n, d, f, seed=0):
@@ -185,7 +203,7 @@ def run(quick=False, rounds=None, log=print):
     for policy in ("float32", "mixed_bfloat16"):
         compute_dtype = "bfloat16" if policy == "mixed_bfloat16" else "float32"
         cases.append((LAYER, policy, False, None))
-        cases.append((LAYER_UNFUSED, policy, False, None))
+        cases.append((LAYER_PLAIN, policy, False, None))
         cases.append((LAYER, policy, True, None))
         variants = dict(VARIANTS, **(BF16_VARIANTS if compute_dtype == "bfloat16" else {}))
         for name, change in variants.items():
@@ -200,9 +218,8 @@ def run(quick=False, rounds=None, log=print):
                 step = _layer_step(num_layers, n, d, f, policy, jit)
             else:
                 step = _functional_step(weights, functional[0], functional[1], jit)
-            # The fusion switch is read when the step is traced, on its first call.
-            unfused = name == LAYER_UNFUSED
-            with fusion_disabled() if unfused else contextlib.nullcontext():
+            # The kernels switch is read when the step is traced, on its first call.
+            with kernels.disabled() if name == LAYER_PLAIN else contextlib.nullcontext():
                 step(x)
             timing = measure(lambda: step(x), warmup=1, steps=reps)
             times.setdefault((name, policy, jit), []).extend(timing["times_s"])

@@ -25,3 +25,33 @@ def test_quick_run_writes_a_finite_table_json_and_chart(tmp_path):
     for row in result["rows"]:
         assert math.isfinite(row["throughput"]) and row["throughput"] > 0
     assert all(value > 0 for value in result["ceiling"].values() if isinstance(value, (int, float)))
+
+
+@pytest.mark.parametrize("change", ["defaults", "split", "plain_sgu"])
+def test_variants_functional_copy_computes_the_gmlp_block(change):
+    # The variants table times copies of the block built from keras_gmlp.kernels' public
+    # functions; each must compute what GMLPBlock computes, or its row measures something else.
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import variants
+    from keras_gmlp.layers import GMLPBlock
+
+    n, d, f = 6, 8, 16
+    weights = variants._weights(1, n, d, f, seed=1)[0]
+    block = GMLPBlock(d, f, n)
+    block.build((None, n, d))
+    sgu = block.spatial_gating_unit
+    for variable, key in [(block.norm.gamma, "norm_gamma"), (block.norm.beta, "norm_beta"),
+                          (block.channel_projection_in.kernel, "in_kernel"),
+                          (block.channel_projection_in.bias, "in_bias"),
+                          (sgu.norm.gamma, "gate_gamma"), (sgu.norm.beta, "gate_beta"),
+                          (sgu.spatial_kernel, "spatial_kernel"), (sgu.spatial_bias, "spatial_bias"),
+                          (block.channel_projection_out.kernel, "out_kernel"),
+                          (block.channel_projection_out.bias, "out_bias")]:
+        weights[key].assign(np.random.default_rng(len(key)).normal(0.5, 0.5, variable.shape))
+        variable.assign(weights[key])
+    options = dict(variants.DEFAULTS, **{"defaults": {}, "split": variants.SPLIT,
+                                         "plain_sgu": variants.PLAIN_SGU}[change])
+    x = tf.random.stateless_normal((2, n, d), (1, 2))
+    np.testing.assert_allclose(variants._block(x, weights, options, "float32"), block(x), rtol=1e-4, atol=1e-4)

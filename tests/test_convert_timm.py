@@ -29,7 +29,7 @@ PATCH, LAYERS, HIDDEN, FFN, CLASSES = 8, 2, 16, 32, 5
 
 
 def random_timm_state_dict(rng, height, width, channels=3):
-    """timm's gMLP names and torch shapes (REFERENCE.md section 2), non-trivial random values."""
+    """timm's gMLP names and torch shapes (timm/models/mlp_mixer.py), non-trivial random values."""
     n = (height // PATCH) * (width // PATCH)
     sd = {
         "stem.proj.weight": rng.normal(
@@ -225,7 +225,7 @@ def test_cli_writes_a_keras_file_with_the_same_logits(rng, tmp_path):
     checkpoint, output = tmp_path / "gmlp.safetensors", tmp_path / "gmlp.keras"
     save_file(sd, str(checkpoint))
     result = subprocess.run(
-        [sys.executable, "-m", "keras_gmlp.convert_timm", "--checkpoint", str(checkpoint),
+        [sys.executable, "-m", "keras_gmlp.convert", "--checkpoint", str(checkpoint),
          "--output", str(output)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -242,7 +242,7 @@ def test_cli_writes_a_keras_file_with_the_same_logits(rng, tmp_path):
 def test_cli_reports_a_bad_checkpoint(rng, tmp_path):
     from safetensors.numpy import save_file
 
-    from keras_gmlp import convert_timm
+    from keras_gmlp.convert import cli
 
     sd = random_timm_state_dict(rng, 32, 32)
     sd["norm.bias"] = np.zeros(HIDDEN + 2, np.float32)
@@ -250,10 +250,10 @@ def test_cli_reports_a_bad_checkpoint(rng, tmp_path):
     save_file(sd, str(checkpoint))
     output = tmp_path / "bad.keras"
     with pytest.raises(ValueError, match=r"'norm.bias' has shape \(18,\)"):
-        convert_timm.main(["--checkpoint", str(checkpoint), "--output", str(output)])
+        cli.main(["--checkpoint", str(checkpoint), "--output", str(output)])
     assert not output.exists()
     with pytest.raises(SystemExit):
-        convert_timm.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "x.h5")])
+        cli.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "x.h5")])
 
 
 def test_cli_exports_a_savedmodel_with_the_same_logits(rng, tmp_path):
@@ -261,7 +261,7 @@ def test_cli_exports_a_savedmodel_with_the_same_logits(rng, tmp_path):
     import tensorflow as tf
     from safetensors.numpy import save_file
 
-    from keras_gmlp import convert_timm
+    from keras_gmlp.convert import cli
 
     sd = random_timm_state_dict(rng, 32, 32)
     checkpoint = tmp_path / "gmlp.safetensors"
@@ -271,7 +271,7 @@ def test_cli_exports_a_savedmodel_with_the_same_logits(rng, tmp_path):
     export_base = tmp_path / "export"
     argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "gmlp.keras"),
             "--export_dir", str(export_base), "--label_names", str(labels)]
-    assert convert_timm.main(argv) == 0
+    assert cli.main(argv) == 0
     (version,) = os.listdir(export_base)
     serve = tf.saved_model.load(str(export_base / version)).signatures["serving_default"]
     images = random_images(rng, 32, 32)
@@ -282,4 +282,4 @@ def test_cli_exports_a_savedmodel_with_the_same_logits(rng, tmp_path):
     assert [label.decode() for label in outputs["predicted_label"].numpy()] == expected_labels
     labels.write_text("a\nb\n")
     with pytest.raises(ValueError, match="has 2 names but the checkpoint has 5 classes"):
-        convert_timm.main(argv)
+        cli.main(argv)

@@ -1,211 +1,167 @@
-"""The fused kernels' hand-written gradients (GELU with its bias, LayerNorm, the SGU's split and
-gate) equal autodiff of the reference formulas, their forward passes equal Keras' layers and the
-paper's equations, and the XLA-fused and plain forms of a block agree."""
+"""Each fused kernel (keras_gmlp.kernels) against the plain path of the layer it speeds up,
+values and gradients, float32 and mixed_bfloat16; and the one branch that selects them.
+
+The plain path is itself checked against the paper's equations in NumPy
+(tests/numpy_reference.py, in test_spatial_gating_unit.py and test_gmlp_block.py), so a kernel
+that equals it computes the paper's math.
+"""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import numpy_reference as ref
+from keras_gmlp import kernels
 from keras_gmlp.layers import GMLPBlock
+from keras_gmlp.kernels import normalization as layer_norm_module
 from keras_gmlp.layers import SpatialGatingUnit
-from keras_gmlp.layers import fusion_disabled
-from keras_gmlp.layers.gelu import gelu_exact
-from keras_gmlp.layers.layer_norm import FastLayerNormalization
+
+POLICIES = ["float32", "mixed_bfloat16"]
 
 
-def test_gelu_forward_and_gradient_match_autodiff_of_the_erf_formula(rng):
-    x = tf.constant(rng.normal(scale=3.0, size=(4, 7, 16)).astype("float32"))
-    upstream = tf.constant(rng.normal(size=(4, 7, 16)).astype("float32"))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        fast = gelu_exact(x)
-        reference = keras.activations.gelu(x, approximate=False)
-    # 1 + erf(x / sqrt 2) cancels in float32 for x << 0 (PyTorch's formula does the same): the
-    # far negative tail is right to about 1e-6 absolute, not relative.
-    np.testing.assert_allclose(fast, ref.gelu(x.numpy()), rtol=1e-5, atol=2e-6)
-    np.testing.assert_allclose(
-        tape.gradient(fast, x, upstream), tape.gradient(reference, x, upstream), rtol=1e-5, atol=1e-6
-    )
-
-
-def test_gelu_keeps_bfloat16_dtype():
-    x = tf.constant([[-1.0, 0.5, 2.0]], tf.bfloat16)
-    out = gelu_exact(x)
-    assert out.dtype == tf.bfloat16
-    np.testing.assert_allclose(tf.cast(out, tf.float32), ref.gelu(np.array([[-1.0, 0.5, 2.0]])), rtol=1e-2)
-
-
-@pytest.mark.parametrize("shape", [(3, 5, 8), (6, 8)])
-def test_fast_layer_norm_matches_keras_values_and_gradients(rng, shape):
-    fast = FastLayerNormalization(epsilon=1e-5)
-    keras_ln = keras.layers.LayerNormalization(epsilon=1e-5)
-    fast.build(shape)
-    keras_ln.build(shape)
-    gamma = rng.uniform(0.5, 1.5, shape[-1]).astype("float32")
-    beta = rng.normal(size=shape[-1]).astype("float32")
-    for layer in (fast, keras_ln):
-        layer.gamma.assign(gamma)
-        layer.beta.assign(beta)
-    x = tf.constant(rng.normal(loc=2.0, scale=3.0, size=shape).astype("float32"))
-    upstream = tf.constant(rng.normal(size=shape).astype("float32"))
-    grads = []
-    for layer in (fast, keras_ln):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = layer(x)
-        grads.append(tape.gradient(out, [x, layer.gamma, layer.beta], upstream))
-        np.testing.assert_allclose(out, ref.layer_norm(x.numpy(), gamma, beta, 1e-5), rtol=1e-5, atol=1e-5)
-    for got, expected in zip(*grads):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_fast_layer_norm_falls_back_for_other_axes(rng):
-    x = rng.normal(size=(2, 3, 4)).astype("float32")
-    fast = FastLayerNormalization(axis=1)
-    keras_ln = keras.layers.LayerNormalization(axis=1)
-    np.testing.assert_allclose(fast(x), keras_ln(x), rtol=1e-6)
-    assert FastLayerNormalization.from_config(fast.get_config()).axis == fast.axis
-
-
-def test_bias_gelu_gradients_match_autodiff(rng):
-    x = tf.constant(rng.normal(scale=2.0, size=(3, 5, 12)).astype("float32"))
-    bias = tf.constant(rng.normal(size=12).astype("float32"))
-    upstream = tf.constant(rng.normal(size=(3, 5, 12)).astype("float32"))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, bias])
-        fast = gelu_exact(x, bias)
-        reference = keras.activations.gelu(x + bias, approximate=False)
-    np.testing.assert_allclose(fast, ref.gelu((x + bias).numpy()), rtol=1e-5, atol=2e-6)
-    for got, expected in zip(tape.gradient(fast, [x, bias], upstream),
-                             tape.gradient(reference, [x, bias], upstream)):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("with_gate_bias", [False, True])
-def test_spatial_gating_unit_gradients_match_autodiff_of_the_equations(rng, with_mask, with_gate_bias):
-    batch, n, channels = 2, 6, 8
-    sgu = SpatialGatingUnit(n)
-    sgu.build((batch, n, 2 * channels))
-    sgu.spatial_kernel.assign(rng.normal(scale=0.3, size=(n, n)).astype("float32"))
-    sgu.spatial_bias.assign(rng.normal(size=n).astype("float32"))
-    sgu.norm.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-    sgu.norm.beta.assign(rng.normal(size=channels).astype("float32"))
-    x = tf.constant(rng.normal(loc=1.0, scale=2.0, size=(batch, n, 2 * channels)).astype("float32"))
-    mask = tf.constant([[1] * n, [1] * (n - 2) + [0] * 2]) if with_mask else None
-    gate_bias = (tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
-                 if with_gate_bias else None)
-    upstream = tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
-    weights = [sgu.spatial_kernel, sgu.spatial_bias, sgu.norm.gamma, sgu.norm.beta]
-
-    def equations():
-        # The paper's SGU written with autodiff-able TF ops, independent of the fused kernels.
-        u, v = tf.split(x, 2, axis=-1)
-        mean, variance = tf.nn.moments(v, axes=[-1], keepdims=True)
-        v = (v - mean) / tf.sqrt(variance + sgu.layer_norm_epsilon) * sgu.norm.gamma + sgu.norm.beta
-        if mask is not None:
-            v = v * tf.cast(mask, tf.float32)[..., None]
-        gate = tf.matmul(sgu.spatial_kernel, v) + sgu.spatial_bias[:, None]
-        if gate_bias is not None:
-            gate = gate + gate_bias
-        return u * gate
-
-    sources = [x] + weights + ([gate_bias] if gate_bias is not None else [])
-    results = []
-    for fn in (lambda: sgu(x, padding_mask=mask, gate_bias=gate_bias), equations):
-        with tf.GradientTape() as tape:
-            tape.watch([x] + ([gate_bias] if gate_bias is not None else []))
-            out = fn()
-        results.append((out, tape.gradient(out, sources, upstream)))
-    (fast, fast_grads), (expected, expected_grads) = results
-    np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-5)
-    for got, want in zip(fast_grads, expected_grads):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_fused_and_plain_kernels_agree_on_an_amlp_block(rng, policy):
-    # The XLA-fused kernels and the same keras.ops run one by one (`fusion_disabled`, what
-    # exports trace) must compute the same block, values and gradients.
-    block = GMLPBlock(16, 32, 10, tiny_attention_dim=8, causal=True, dtype=policy)
-    block.build((None, 10, 16))
-    x = tf.constant(rng.normal(size=(3, 10, 16)).astype("float32"))
-    mask = tf.constant([[1] * 10, [1] * 7 + [0] * 3, [1] * 4 + [0] * 6])
-
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = tf.cast(block(x, padding_mask=mask), tf.float32)
-            loss = tf.reduce_sum(out * tf.range(16, dtype=tf.float32))
-        return [out] + tape.gradient(loss, [x] + block.trainable_variables)
-
-    fused = tf.function(step)(x)
-    with fusion_disabled():
-        plain = tf.function(step)(x)
-    tolerance = 1e-5 if policy == "float32" else 3e-2
-    for got, want in zip(fused, plain):
-        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
-
-
-def _layer_norm_equation(x, gamma, beta, epsilon):
-    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-    return (x - mean) / tf.sqrt(variance + epsilon) * gamma + beta
-
-
-def _block_equations(block, x, mask, causal):
-    # The paper's gMLP/aMLP block with autodiff-able TF ops on the block's own weights,
-    # independent of keras_gmlp's kernels (which take the first projection as two halves and
-    # apply its GELU inside the SGU).
-    n = x.shape[1]
-    padding = tf.cast(mask, tf.float32)[..., None]
-    h = _layer_norm_equation(x, block.norm.gamma, block.norm.beta, block.layer_norm_epsilon)
-    gate_bias = 0.0
-    if block.tiny_attention is not None:
-        attention = block.tiny_attention
-        q, k, v = tf.split(h @ attention.qkv.kernel + attention.qkv.bias, 3, axis=-1)
-        scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(attention.attention_dim)
-        allowed = tf.cast(mask, tf.bool)[:, None, :]
-        if causal:
-            allowed = tf.logical_and(allowed, tf.linalg.band_part(tf.ones((n, n), tf.bool), -1, 0))
-        scores = tf.where(allowed, scores, -1e9)
-        gate_bias = (tf.nn.softmax(scores) @ v) @ attention.output_projection.kernel
-        gate_bias = gate_bias + attention.output_projection.bias
-    projection = block.channel_projection_in
-    z = tf.nn.gelu(h @ projection.kernel + projection.bias, approximate=False)
-    u, v = tf.split(z, 2, axis=-1)
-    sgu = block.spatial_gating_unit
-    v = _layer_norm_equation(v, sgu.norm.gamma, sgu.norm.beta, sgu.layer_norm_epsilon) * padding
-    w = sgu.spatial_kernel[:n, :n]
-    if causal:
-        w = tf.linalg.band_part(w, -1, 0)
-    gate = tf.matmul(w, v) + sgu.spatial_bias[:n, None] + gate_bias
-    out = block.channel_projection_out
-    return x + (u * gate) @ out.kernel + out.bias
-
-
-@pytest.mark.parametrize("attention_dim,causal", [(None, False), (4, True)], ids=["gmlp", "amlp-causal"])
-def test_block_values_and_gradients_match_autodiff_of_the_equations(rng, attention_dim, causal):
-    n, d, ffn = 9, 8, 24
-    block = GMLPBlock(d, ffn, n, tiny_attention_dim=attention_dim, causal=causal)
-    block.build((None, n, d))
-    for variable in block.trainable_variables:
-        # Spread-out weights (W far from its near-zero init) so every path carries gradient.
+def _spread_weights(layer, rng):
+    # Weights far from their initialisation (W near zero, gains at one), so every term of the
+    # math carries value and gradient.
+    for variable in layer.trainable_variables:
         scale = 0.5 if len(variable.shape) == 2 else 0.3
-        variable.assign(rng.normal(scale=scale, size=variable.shape).astype("float32") + (
-            1.0 if "gamma" in variable.path else 0.0))
-    x = tf.constant(rng.normal(loc=0.5, scale=1.5, size=(3, n, d)).astype("float32"))
-    mask = tf.constant([[1] * n, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
-    upstream = tf.constant(rng.normal(size=(3, n, d)).astype("float32"))
-    sources = [x] + block.trainable_variables
-    results = []
-    for fn in (lambda: block(x, padding_mask=mask), lambda: _block_equations(block, x, mask, causal)):
+        offset = 1.0 if "gamma" in variable.path else 0.0
+        variable.assign(rng.normal(offset, scale, variable.shape).astype("float32"))
+
+
+def _values_and_gradients(fn, layer, inputs, upstream):
+    """`fn(*inputs)` and its gradients for `inputs` and `layer`'s weights, traced in one graph
+    (the kernels switch is read at trace time)."""
+
+    @tf.function
+    def step(*inputs):
         with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = fn()
-        results.append((out, tape.gradient(out, sources, upstream)))
-    (got, got_grads), (want, want_grads) = results
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    for variable, g, w in zip(["x"] + [v.path for v in block.trainable_variables], got_grads, want_grads):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-4, err_msg=variable)
+            tape.watch(inputs)
+            out = tf.cast(fn(*inputs), tf.float32)
+            loss = tf.reduce_sum(out * upstream)
+        return [out] + tape.gradient(loss, list(inputs) + layer.trainable_variables)
+
+    return [t.numpy() for t in step(*inputs)]
+
+
+def _both_paths(fn, layer, inputs, upstream):
+    fast = _values_and_gradients(fn, layer, inputs, upstream)
+    with kernels.disabled():
+        plain = _values_and_gradients(fn, layer, inputs, upstream)
+    return fast, plain
+
+
+def _assert_same(fast, plain, names, policy):
+    assert len(fast) == len(plain) == len(names)
+    for name, got, want in zip(names, fast, plain):
+        if policy == "float32":
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
+        else:
+            # The kernels compute GELU, LayerNorm and the gate in float32; the plain path rounds
+            # each op's result to bfloat16 (8 bits of mantissa, about 0.4% per rounding).
+            error = np.linalg.norm(got - want) / np.linalg.norm(want)
+            assert error < 2e-2, f"{name}: relative error {error:.3g}"
+
+
+def test_kernels_are_active_on_the_tensorflow_cpu_backend_and_off_inside_disabled():
+    assert kernels.active()
+    with kernels.disabled():
+        assert not kernels.active()
+        with kernels.disabled():
+            assert not kernels.active()
+        assert not kernels.active()
+    assert kernels.active()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_layer_norm_kernel_matches_keras_layer_normalization(rng, policy):
+    layer = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+    layer.build((None, 7, 16))
+    _spread_weights(layer, rng)
+    x = tf.constant(rng.normal(2.0, 3.0, (3, 7, 16)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(3, 7, 16)).astype("float32"))
+    compute = layer.compute_dtype
+
+    def fast(x):
+        return kernels.layer_norm(tf.cast(x, compute), layer.gamma, layer.beta, layer.epsilon)
+
+    got = _values_and_gradients(fast, layer, [x], upstream)
+    want = _values_and_gradients(layer, layer, [x], upstream)
+    _assert_same(got, want, ["out", "x", "gamma", "beta"], policy)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_fast_layer_normalization_runs_the_kernel_and_falls_back_for_other_axes(rng, policy, monkeypatch):
+    calls = []
+    kernel = layer_norm_module.layer_norm
+    monkeypatch.setattr(layer_norm_module, "layer_norm", lambda *a: calls.append(1) or kernel(*a))
+    fast, plain = (cls(epsilon=1e-5, dtype=policy) for cls in
+                   (kernels.FastLayerNormalization, keras.layers.LayerNormalization))
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    fast.build(x.shape)
+    plain.build(x.shape)
+    _spread_weights(fast, rng)
+    plain.set_weights(fast.get_weights())
+    upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    got = _values_and_gradients(fast, fast, [tf.constant(x)], upstream)
+    want = _values_and_gradients(plain, plain, [tf.constant(x)], upstream)
+    _assert_same(got, want, ["out", "x", "gamma", "beta"], policy)
+    assert len(calls) == 1
+    other_axis = kernels.FastLayerNormalization(axis=1)
+    np.testing.assert_allclose(other_axis(x), keras.layers.LayerNormalization(axis=1)(x), rtol=1e-6)
+    assert len(calls) == 1
+    assert kernels.FastLayerNormalization.from_config(other_axis.get_config()).axis == other_axis.axis
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("optional,causal", [("none", False), ("mask", True), ("mask+attention", False)])
+def test_spatial_gating_unit_kernels_match_the_plain_path(rng, policy, causal, optional):
+    batch, n, channels = 3, 8, 12
+    sgu = SpatialGatingUnit(n, causal=causal, dtype=policy)
+    sgu.build((None, n, 2 * channels))
+    _spread_weights(sgu, rng)
+    x = tf.constant(rng.normal(1.0, 2.0, (batch, n, 2 * channels)).astype("float32"))
+    attention = tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
+    mask = tf.constant([[1] * n, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6])
+    upstream = tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
+    if optional == "none":
+        fn, inputs = (lambda x: sgu(x)), [x]
+    elif optional == "mask":
+        fn, inputs = (lambda x: sgu(x, padding_mask=mask)), [x]
+    else:
+        fn, inputs = (lambda x, a: sgu(x, padding_mask=mask, attention=a)), [x, attention]
+    fast, plain = _both_paths(fn, sgu, inputs, upstream)
+    names = ["out", "x"] + (["attention"] if len(inputs) == 2 else []) + [v.path for v in sgu.trainable_variables]
+    _assert_same(fast, plain, names, policy)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("attention_dim,causal", [(None, False), (4, True)], ids=["gmlp", "amlp-causal"])
+def test_gmlp_block_kernels_match_the_plain_path(rng, policy, attention_dim, causal):
+    batch, n, d, ffn = 3, 9, 8, 24
+    block = GMLPBlock(d, ffn, n, tiny_attention_dim=attention_dim, causal=causal, dtype=policy)
+    block.build((None, n, d))
+    _spread_weights(block, rng)
+    x = tf.constant(rng.normal(0.5, 1.5, (batch, n, d)).astype("float32"))
+    mask = tf.constant([[1] * n, [1] * 6 + [0] * 3, [1] * 2 + [0] * 7])
+    upstream = tf.constant(rng.normal(size=(batch, n, d)).astype("float32"))
+    fast, plain = _both_paths(lambda x: block(x, padding_mask=mask), block, [x], upstream)
+    _assert_same(fast, plain, ["out", "x"] + [v.path for v in block.trainable_variables], policy)
+
+
+def test_the_block_takes_the_kernels_only_where_they_apply(rng, monkeypatch):
+    calls = []
+    fast_path = kernels.gmlp_block_gating
+    monkeypatch.setattr(kernels, "gmlp_block_gating", lambda *a, **k: calls.append(1) or fast_path(*a, **k))
+    block = GMLPBlock(8, 16, 6)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    expected = block(x)
+    assert len(calls) == 1
+    with kernels.disabled():
+        np.testing.assert_allclose(block(x), expected, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+    # A LoRA-enabled (or quantized) projection computes more than its float kernel: plain path.
+    block.channel_projection_in.enable_lora(2)
+    block.channel_projection_in.lora_kernel_b.assign(rng.normal(size=(2, 16)).astype("float32"))
+    with_lora = block(x)
+    assert len(calls) == 1
+    assert not np.allclose(with_lora, expected, atol=1e-3)

@@ -52,5 +52,7 @@ def test_config_round_trip_and_shape():
     layer = TinyAttention(12, attention_dim=4, causal=True)
     assert TinyAttention.from_config(layer.get_config()).get_config() == layer.get_config()
     assert layer.compute_output_shape((3, 7, 5)) == (3, 7, 12)
-    with pytest.raises(ValueError, match="attention_dim"):
+    with pytest.raises(ValueError, match=r"`attention_dim`=0: expected a positive int"):
         TinyAttention(12, attention_dim=0)
+    with pytest.raises(ValueError, match=r"`output_dim`=True: expected a positive int"):
+        TinyAttention(True)

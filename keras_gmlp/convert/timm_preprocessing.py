@@ -19,8 +19,6 @@ import numpy as np
 IMAGE_SIZE = 224
 CROP_PCT = 0.875
 INTERPOLATION = "bicubic"
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
 
 _PIL_FILTERS = {
     "nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from keras_gmlp.layers.fusion import fusion_disabled
+from keras_gmlp.kernels import disabled as fusion_disabled
 from keras_gmlp.version import __version__
 
 METADATA_FILENAME = "keras_gmlp.json"

@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_gmlp.validation import check
+
 
 def resolve_padding_mask(padding_mask, keras_mask):
     """Returns the explicit `padding_mask` if given, else the Keras mask, else None."""
@@ -10,12 +12,9 @@ def resolve_padding_mask(padding_mask, keras_mask):
 
 def check_sequence_length(layer_name, length, sequence_length):
     """Raises ValueError when a static input length exceeds the layer's sequence_length."""
-    if length is not None and length > sequence_length:
-        raise ValueError(
-            f"{layer_name} was built for sequence_length={sequence_length}, but received "
-            f"an input of length {length}. Inputs may be shorter than sequence_length "
-            f"(the spatial weights are sliced), never longer."
-        )
+    check(length is None or length <= sequence_length, f"{layer_name} input length", length,
+          f"at most sequence_length={sequence_length}, the length the layer was built for "
+          f"(inputs may be shorter: the spatial weights are sliced)")
 
 
 def causal_mask(length):

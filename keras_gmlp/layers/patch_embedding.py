@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+from keras_gmlp.validation import check
+from keras_gmlp.validation import check_positive_int
+
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
 class PatchEmbedding(keras.layers.Layer):
@@ -22,11 +25,8 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, patch_size, hidden_dim, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("patch_size", patch_size), ("hidden_dim", hidden_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        self.patch_size = patch_size
-        self.hidden_dim = hidden_dim
+        self.patch_size = check_positive_int("patch_size", patch_size)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.projection = keras.layers.Conv2D(
             hidden_dim,
             kernel_size=patch_size,
@@ -39,15 +39,11 @@ class PatchEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"PatchEmbedding expects (batch, height, width, channels) images, got shape {input_shape}."
-            )
+        check(len(input_shape) == 4, f"{self.name} input shape", input_shape,
+              "(batch, height, width, channels) images")
         for axis_name, size in (("height", input_shape[1]), ("width", input_shape[2])):
-            if size is not None and size % self.patch_size:
-                raise ValueError(
-                    f"Image {axis_name} {size} is not a multiple of patch_size={self.patch_size}."
-                )
+            check(size is None or size % self.patch_size == 0, f"{self.name} image {axis_name}", size,
+                  f"a multiple of patch_size={self.patch_size}")
         self.projection.build(input_shape)
 
     def call(self, inputs):

@@ -7,6 +7,8 @@ from keras import ops
 
 from keras_gmlp.layers.masking import causal_mask
 from keras_gmlp.layers.masking import resolve_padding_mask
+from keras_gmlp.layers.quantization import dtype_config
+from keras_gmlp.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -33,11 +35,8 @@ class TinyAttention(keras.layers.Layer):
 
     def __init__(self, output_dim, attention_dim=64, causal=False, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("output_dim", output_dim), ("attention_dim", attention_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        self.output_dim = output_dim
-        self.attention_dim = attention_dim
+        self.output_dim = check_positive_int("output_dim", output_dim)
+        self.attention_dim = check_positive_int("attention_dim", attention_dim)
         self.causal = bool(causal)
         self.supports_masking = True
         self.qkv = keras.layers.Dense(3 * attention_dim, dtype=self.dtype_policy, name="qkv")
@@ -79,6 +78,7 @@ class TinyAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
+                "dtype": dtype_config(self),
                 "output_dim": self.output_dim,
                 "attention_dim": self.attention_dim,
                 "causal": self.causal,

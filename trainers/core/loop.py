@@ -1,7 +1,7 @@
 """The one training loop behind every trainer and every strategy.
 
 A custom loop (as tf-models/Orbit do), not `model.fit`: Keras 3.15's fit fails under
-MultiWorkerMirroredStrategy (REFERENCE.md section 3), while `strategy.run` inside a
+MultiWorkerMirroredStrategy, while `strategy.run` inside a
 `tf.function` works for default, one-device, mirrored, multi-worker and TPU strategies alike.
 Each step: forward and loss on every replica, loss divided by a normaliser all-reduced over
 replicas, gradients all-reduced once, clipped by their global norm, applied by AdamW.

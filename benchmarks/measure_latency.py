@@ -2,7 +2,7 @@
 
 Run as a file (not with -m, which would import keras_gmlp and so Keras):
 
-    python keras_gmlp/export/measure_latency.py --out /tmp/gmlp_latency
+    python benchmarks/measure_latency.py --out /tmp/gmlp_latency
 
 It exports random-weight models in a child process (which needs keras_gmlp),
 then loads each SavedModel in another child process that blocks Keras,

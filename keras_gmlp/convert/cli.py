@@ -1,6 +1,6 @@
 """Converts a timm gMLP checkpoint to a Keras `.keras` file (and optionally a SavedModel).
 
-    python -m keras_gmlp.convert_timm --checkpoint gmlp_s16_224.safetensors \
+    python -m keras_gmlp.convert --checkpoint gmlp_s16_224.safetensors \
         --output gmlp_s16_224.keras [--preset gmlp_s16_224] [--num_classes N] \
         [--export_dir DIR [--label_names FILE]]
 
@@ -12,14 +12,13 @@ use `keras_gmlp.convert.preprocess_image` for timm's resize and crop.
 
 import argparse
 import logging
-import sys
 
 from keras_gmlp.convert.timm import timm_to_keras
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m keras_gmlp.convert_timm", description=__doc__.split("\n\n")[0]
+        prog="python -m keras_gmlp.convert", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--checkpoint",
@@ -86,6 +85,3 @@ def _read_label_names(path):
     with open(path, encoding="utf-8") as file:
         return [line.strip() for line in file if line.strip()]
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -120,7 +120,7 @@ def test_preset_parameter_counts_follow_the_equations():
     assert backbone.count_params() == expected(4, 128, 512)
     amlp = GMLPBackbone.from_preset("amlp_base", num_layers=2)
     assert amlp.count_params() == expected(2, 512, 3072, attn=64)
-    with pytest.raises(ValueError, match="Unknown preset 'gmlp_huge'"):
+    with pytest.raises(ValueError, match="`preset`='gmlp_huge': expected one of the named configurations"):
         GMLPBackbone.from_preset("gmlp_huge")
 
 

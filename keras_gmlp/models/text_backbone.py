@@ -6,13 +6,12 @@ import keras_hub
 from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.models import arguments
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models.base import BackboneBase
 from keras_gmlp.models.presets import TEXT_PRESETS
-from keras_gmlp.models.presets import get_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPBackbone(FunctionalModel):
+class GMLPBackbone(BackboneBase):
     """A stack of gMLP blocks over token embeddings, with no position embeddings.
 
     The Spatial Gating Units carry position, so inputs need no position ids.
@@ -31,7 +30,8 @@ class GMLPBackbone(FunctionalModel):
             decayed linearly to 0 at the first.
         causal: bool, each position only reads earlier ones.
         layer_norm_epsilon: float, epsilon of block and final LayerNorms.
-        dtype: optional dtype policy for all layers (e.g. "mixed_bfloat16").
+        dtype: optional dtype policy (e.g. "mixed_bfloat16") of every layer and of the model
+            itself (`backbone.dtype_policy`, which the tasks' heads and loss scaling follow).
 
     Inputs: `{"token_ids": (batch, n) int, "padding_mask": (batch, n) int/bool}`.
     Output: `(batch, n, hidden_dim)`.
@@ -40,8 +40,11 @@ class GMLPBackbone(FunctionalModel):
     ```python
     backbone = keras_gmlp.models.GMLPBackbone.from_preset("gmlp_tiny", vocabulary_size=1000)
     outputs = backbone({"token_ids": ids, "padding_mask": ids != 0})
+    backbone.save_to_preset("my_preset")  # keras_hub.models.Backbone.from_preset("my_preset")
     ```
     """
+
+    named_presets = TEXT_PRESETS
 
     def __init__(
         self,
@@ -116,6 +119,7 @@ class GMLPBackbone(FunctionalModel):
             dtype=dtype,
             **kwargs,
         )
+        # Backbone.token_embedding is a property (keras-hub's run_backbone_test embeds with it).
         self.token_embedding = token_embedding
         self.embeddings_dropout = embeddings_dropout
         self.blocks = blocks
@@ -127,19 +131,24 @@ class GMLPBackbone(FunctionalModel):
         self.sequence_length = sequence_length
         self.tiny_attention_dim = tiny_attention_dim
         self.causal = causal
-        self._remember_config(
-            vocabulary_size=vocabulary_size,
-            num_layers=num_layers,
-            hidden_dim=hidden_dim,
-            ffn_dim=ffn_dim,
-            sequence_length=sequence_length,
-            tiny_attention_dim=tiny_attention_dim,
-            dropout=dropout,
-            drop_path_rate=drop_path_rate,
-            causal=causal,
-            layer_norm_epsilon=layer_norm_epsilon,
-            dtype=dtype,
-        )
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "ffn_dim": self.ffn_dim,
+            "sequence_length": self.sequence_length,
+            "tiny_attention_dim": self.tiny_attention_dim,
+            "dropout": self.dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "causal": self.causal,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
 
     @classmethod
     def validate_arguments(cls, **kwargs):
@@ -170,8 +179,3 @@ class GMLPBackbone(FunctionalModel):
         }
         for name, value in kwargs.items():
             checks[name](name, value)
-
-    @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Builds the backbone of a text preset (see `presets.TEXT_PRESETS`), with overrides."""
-        return cls(**{**get_preset(preset, TEXT_PRESETS), **overrides})

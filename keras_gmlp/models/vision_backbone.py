@@ -4,15 +4,14 @@ import keras
 
 from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
-from keras_gmlp.models import arguments
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models import arguments
+from keras_gmlp.models.base import BackboneBase
 from keras_gmlp.models.presets import VISION_PRESETS
-from keras_gmlp.models.presets import get_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPVisionBackbone(FunctionalModel):
+class GMLPVisionBackbone(BackboneBase):
     """The paper's vision gMLP, laid out like timm's `gmlp_*16_224`.
 
     Images are rescaled from [0, 255] to [-1, 1] (timm's mean = std = 0.5
@@ -33,11 +32,14 @@ class GMLPVisionBackbone(FunctionalModel):
             decayed linearly to 0 at the first (paper: 1 - survival prob).
         include_rescaling: bool, map [0, 255] pixels to [-1, 1] in the model.
         layer_norm_epsilon: float, epsilon of block and final LayerNorms (1e-6).
-        dtype: optional dtype policy for all layers.
+        dtype: optional dtype policy of every layer and of the model itself.
 
     Input: `(batch, height, width, channels)` images.
-    Output: `(batch, num_patches, hidden_dim)`.
+    Output: `(batch, num_patches, hidden_dim)`. The backbone has no `token_embedding` (None,
+    keras-hub's convention for image backbones).
     """
+
+    named_presets = VISION_PRESETS
 
     def __init__(
         self,
@@ -115,18 +117,23 @@ class GMLPVisionBackbone(FunctionalModel):
         self.ffn_dim = ffn_dim
         self.num_patches = num_patches
         self.include_rescaling = include_rescaling
-        self._remember_config(
-            image_shape=image_shape,
-            patch_size=patch_size,
-            num_layers=num_layers,
-            hidden_dim=hidden_dim,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            drop_path_rate=drop_path_rate,
-            include_rescaling=include_rescaling,
-            layer_norm_epsilon=layer_norm_epsilon,
-            dtype=dtype,
-        )
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_shape": self.image_shape,
+            "patch_size": self.patch_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "ffn_dim": self.ffn_dim,
+            "dropout": self.dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "include_rescaling": self.include_rescaling,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
 
     @classmethod
     def validate_arguments(cls, **kwargs):
@@ -160,11 +167,6 @@ class GMLPVisionBackbone(FunctionalModel):
             validation.check(height % patch_size == 0 and width % patch_size == 0, "image_shape",
                              tuple(kwargs["image_shape"]),
                              f"height and width multiples of `patch_size`={patch_size}")
-
-    @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Builds a vision preset (see `presets.VISION_PRESETS`), with overrides."""
-        return cls(**{**get_preset(preset, VISION_PRESETS), **overrides})
 
 
 def _check_image_shape(name, value):

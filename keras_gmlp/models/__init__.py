@@ -2,6 +2,8 @@
 
 from keras_gmlp.models import recipe
 from keras_gmlp.models.image_classifier import GMLPImageClassifier
+from keras_gmlp.models.image_preprocessor import GMLPImageClassifierPreprocessor
+from keras_gmlp.models.image_preprocessor import GMLPImageConverter
 from keras_gmlp.models.masked_lm import GMLPMaskedLM
 from keras_gmlp.models.presets import TEXT_PRESETS
 from keras_gmlp.models.presets import VISION_PRESETS
@@ -15,6 +17,8 @@ from keras_gmlp.models.vision_backbone import GMLPVisionBackbone
 __all__ = [
     "GMLPBackbone",
     "GMLPImageClassifier",
+    "GMLPImageClassifierPreprocessor",
+    "GMLPImageConverter",
     "GMLPMaskedLM",
     "GMLPMaskedLMPreprocessor",
     "GMLPTextClassifier",

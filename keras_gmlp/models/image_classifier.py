@@ -11,6 +11,7 @@ from keras_gmlp.models.base import TaskMixin
 from keras_gmlp.models.base import check_backbone
 from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
+from keras_gmlp.models.image_preprocessor import GMLPImageClassifierPreprocessor
 from keras_gmlp.models.vision_backbone import GMLPVisionBackbone
 from keras_gmlp.version import __version__
 
@@ -30,7 +31,7 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
     Args:
         backbone: a `GMLPVisionBackbone`.
         num_classes: int, number of classes.
-        preprocessor: optional keras-hub image preprocessor.
+        preprocessor: optional `GMLPImageClassifierPreprocessor` (arrays or file bytes).
         dropout: float, dropout before the classification layer (timm's 0.0).
         compile: compile with the recipe's defaults (see `compile`).
 
@@ -42,7 +43,7 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
     """
 
     backbone_cls = GMLPVisionBackbone
-    preprocessor_cls = None
+    preprocessor_cls = GMLPImageClassifierPreprocessor
 
     def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.0, **kwargs):
         kwargs.pop("keras_gmlp_version", None)

@@ -9,6 +9,7 @@ from keras_gmlp.models.base import check_backbone
 from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
 from keras_gmlp.models.text_backbone import GMLPBackbone
+from keras_gmlp.models.text_preprocessors import check_fits_backbone
 from keras_gmlp.models.text_preprocessors import GMLPMaskedLMPreprocessor
 
 
@@ -41,6 +42,7 @@ class GMLPMaskedLM(TaskMixin, keras_hub.models.MaskedLM):
         kwargs.pop("keras_gmlp_version", None)
         check_backbone(type(self), backbone, GMLPBackbone, "token ids in, one vector per token out")
         check_task_kwargs(type(self), kwargs)
+        check_fits_backbone(preprocessor, backbone)
         # keras-hub's Task.__setattr__ lets these be set before keras.Model.__init__ on torch.
         self.backbone = backbone
         self.preprocessor = preprocessor

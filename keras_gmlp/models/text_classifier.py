@@ -11,6 +11,7 @@ from keras_gmlp.models.base import check_backbone
 from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
 from keras_gmlp.models.text_backbone import GMLPBackbone
+from keras_gmlp.models.text_preprocessors import check_fits_backbone
 from keras_gmlp.models.text_preprocessors import GMLPTextClassifierPreprocessor
 
 
@@ -45,6 +46,7 @@ class GMLPTextClassifier(TaskMixin, keras_hub.models.TextClassifier):
         validation.check_positive_int("num_classes", num_classes)
         validation.check_rate("dropout", dropout)
         check_task_kwargs(type(self), kwargs)
+        check_fits_backbone(preprocessor, backbone)
         policy = backbone.dtype_policy
         # keras-hub's Task.__setattr__ lets these be set before keras.Model.__init__ on torch.
         self.backbone = backbone

@@ -48,6 +48,23 @@ def _pack(tokenizer, texts, sequence_length):
     return ids, mask
 
 
+class _FromBackbonePreset:
+    @classmethod
+    def _add_missing_kwargs(cls, loader, kwargs):
+        # A preset without this preprocessor's own config (e.g. a classifier loaded from a
+        # masked-LM preset): take the sequence length of the preset's backbone.
+        kwargs.setdefault("sequence_length", loader.config["config"]["sequence_length"])
+        return super()._add_missing_kwargs(loader, kwargs)
+
+
+def check_fits_backbone(preprocessor, backbone):
+    """Raises unless the preprocessor's sequences fit the backbone (tasks call it)."""
+    if preprocessor is not None and hasattr(preprocessor, "sequence_length"):
+        validation.check(preprocessor.sequence_length <= backbone.sequence_length,
+                         "preprocessor.sequence_length", preprocessor.sequence_length,
+                         f"at most the backbone's sequence_length={backbone.sequence_length}")
+
+
 def _check_text_input(x):
     if isinstance(x, tuple):
         validation.check(len(x) == 1, "x", f"<tuple of {len(x)} segments>",
@@ -57,7 +74,7 @@ def _check_text_input(x):
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPTextClassifierPreprocessor(keras_hub.models.TextClassifierPreprocessor):
+class GMLPTextClassifierPreprocessor(_FromBackbonePreset, keras_hub.models.TextClassifierPreprocessor):
     """Strings -> `{"token_ids", "padding_mask"}` for `GMLPTextClassifier` (labels pass through).
 
     Args:
@@ -92,7 +109,7 @@ class GMLPTextClassifierPreprocessor(keras_hub.models.TextClassifierPreprocessor
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPMaskedLMPreprocessor(keras_hub.models.MaskedLMPreprocessor):
+class GMLPMaskedLMPreprocessor(_FromBackbonePreset, keras_hub.models.MaskedLMPreprocessor):
     """Strings -> `(x, mask_ids, mask_weights)` for `GMLPMaskedLM`, masked on the fly.
 
     x = `{"token_ids" (masked), "padding_mask", "mask_positions"}`; `mask_weights` is the

@@ -13,10 +13,9 @@ MODEL_TYPES = ["text_backbone", "masked_lm", "text_classifier", "vision_backbone
 
 
 def text_backbone(dtype=None, **kwargs):
-    return GMLPBackbone(
-        vocabulary_size=VOCAB, num_layers=2, hidden_dim=16, ffn_dim=32, sequence_length=N,
-        tiny_attention_dim=kwargs.pop("tiny_attention_dim", 8), dtype=dtype, **kwargs,
-    )
+    config = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=16, ffn_dim=32, sequence_length=N,
+                  tiny_attention_dim=8)
+    return GMLPBackbone(**{**config, **kwargs}, dtype=dtype)
 
 
 def vision_backbone(dtype=None):

@@ -36,3 +36,22 @@ def test_explicit_dtype_argument_survives_serialization(rng):
     clone = type(model).from_config(model.get_config())
     assert clone.backbone.blocks[0].compute_dtype == "bfloat16"
     assert clone.backbone.blocks[0].variable_dtype == "float32"
+
+
+@pytest.mark.parametrize("model_type", ["masked_lm", "text_classifier", "image_classifier"])
+def test_backbone_dtype_reaches_the_model_policy_and_the_head(model_type):
+    # Before: keras.Model ignored `dtype`, so backbone.dtype_policy stayed float32 and the
+    # classifier heads, which follow it, computed in float32.
+    model = model_zoo.build(model_type, dtype="mixed_bfloat16")
+    assert model.backbone.dtype_policy.name == "mixed_bfloat16"
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    if model_type != "masked_lm":  # the MLM head is float32 on purpose (see GMLPMaskedLM)
+        assert model.head.compute_dtype == "bfloat16"
+
+
+def test_per_backbone_mixed_float16_gets_loss_scaling():
+    # Keras wraps the optimizer in a LossScaleOptimizer when the model's policy is
+    # mixed_float16; before, only a global policy did.
+    model = model_zoo.build("image_classifier", dtype="mixed_float16")
+    model.compile()
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

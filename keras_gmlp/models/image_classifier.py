@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_gmlp import validation
 from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
 from keras_gmlp.models.base import FunctionalModel
 from keras_gmlp.models.base import float32_logits
@@ -31,8 +32,10 @@ class GMLPImageClassifier(FunctionalModel):
     _nested_model_args = ("backbone",)
 
     def __init__(self, backbone, num_classes, dropout=0.0, **kwargs):
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
+        validation.check(isinstance(backbone, GMLPVisionBackbone), "backbone",
+                         f"<{type(backbone).__name__}>", "a GMLPVisionBackbone")
+        validation.check_positive_int("num_classes", num_classes)
+        validation.check_rate("dropout", dropout)
         # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
         policy = backbone.dtype_policy
         pooler = MaskedMeanPooling(dtype=policy, name="pooler")

@@ -3,6 +3,7 @@
 import keras
 import keras_hub
 
+from keras_gmlp import validation
 from keras_gmlp.models.base import FunctionalModel
 from keras_gmlp.models.base import float32_logits
 from keras_gmlp.models.text_backbone import GMLPBackbone
@@ -31,6 +32,8 @@ class GMLPMaskedLM(FunctionalModel):
     _nested_model_args = ("backbone",)
 
     def __init__(self, backbone, **kwargs):
+        validation.check(isinstance(backbone, GMLPBackbone), "backbone", f"<{type(backbone).__name__}>",
+                         "a GMLPBackbone")
         # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
         mlm_head = keras_hub.layers.MaskedLMHead(
             vocabulary_size=backbone.vocabulary_size,

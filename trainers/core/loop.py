@@ -8,7 +8,6 @@ replicas, gradients all-reduced once, clipped by their global norm, applied by A
 """
 
 import json
-import math
 import os
 import sys
 
@@ -133,16 +132,16 @@ def run(task):
     eval_metrics = {}
     log.start(step)
     while step < fv.train_steps:
-        loss, sums, grad_norm = train_step(iterator)
+        loss, sums, grad_norm, applied = train_step(iterator)
         step += 1
         loss, grad_norm = float(loss), float(grad_norm)
-        # A non-finite gradient has already made the weights non-finite: stop before saving.
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        # The step's update was not applied: the weights are still the last finite ones.
+        if not bool(applied):
             _discard_worker_dir(save_dir, model_dir)
             kept = manager.latest_checkpoint or "none was written yet"
             raise NonFiniteLossError(
                 f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
-                f"{step}; stopped without saving "
+                f"{step}; stopped without applying or saving "
                 f"this step. The last good checkpoint is kept: {kept}. Lower --learning_rate, "
                 "raise --warmup_steps or set --global_clipnorm, then restart from it.")
         log.accumulate({k: float(v) for k, v in sums.items()})
@@ -189,6 +188,12 @@ def _split_for_replicas(strategy, batch):
 
 
 def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
+    """A tf.function running one step; returns (loss, metric sums, grad norm, applied).
+
+    The update is applied only when the loss and the all-reduced gradients are finite
+    (`applied` is then True), so the weights never take a non-finite step and what a
+    checkpoint saves afterwards is the last finite state.
+    """
     variables = model.trainable_variables
 
     def replica_step(batch):
@@ -198,25 +203,52 @@ def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
             total = context.all_reduce(SUM, tf.cast(normaliser, tf.float32))
             loss = tf.cast(loss_sum, tf.float32) / tf.maximum(total, 1e-12)
         grads = tape.gradient(loss, variables)
-        grads = context.all_reduce(SUM, [tf.convert_to_tensor(g) for g in grads])
+        # The loss is reduced with the gradients, so every replica takes the same decision.
+        loss, *grads = context.all_reduce(SUM, [loss, *(tf.convert_to_tensor(g) for g in grads)])
         if clipnorm > 0:
             grads, grad_norm = tf.clip_by_global_norm(grads, clipnorm)
         else:
             grad_norm = tf.linalg.global_norm(grads)
-        optimizer.apply(grads, variables)
-        return loss, sums, grad_norm
+        finite = tf.math.logical_and(tf.math.is_finite(loss), tf.math.is_finite(grad_norm))
+        _apply_if(finite, optimizer, grads, variables)
+        return loss, sums, grad_norm, finite
 
     @tf.function
     def train_step(iterator):
         batch = next(iterator)
         if host_input:
             batch = _split_for_replicas(strategy, batch)
-        loss, sums, grad_norm = strategy.run(replica_step, args=(batch,))
-        reduce = lambda x: strategy.reduce(SUM, x, axis=None)  # noqa: E731
-        grad_norm = strategy.experimental_local_results(grad_norm)[0]
-        return reduce(loss), {k: reduce(v) for k, v in sums.items()}, grad_norm
+        loss, sums, grad_norm, finite = strategy.run(replica_step, args=(batch,))
+        first = lambda x: strategy.experimental_local_results(x)[0]  # noqa: E731
+        sums = {k: strategy.reduce(SUM, v, axis=None) for k, v in sums.items()}
+        return first(loss), sums, first(grad_norm), first(finite)
 
     return train_step
+
+
+def _apply_if(finite, optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)` when `finite`, else nothing (in a replica context).
+
+    As Keras' LossScaleOptimizer does: strategies that need `merge_call` (which
+    `optimizer.apply` makes) cannot have it inside a `tf.cond` in a replica context, so the
+    cond runs in the cross-replica context there.
+    """
+    def apply():
+        optimizer.apply(grads, variables)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, apply, lambda: None)
+        return
+
+    def cross_replica(distribution, finite, grads, variables):
+        def apply_everywhere():
+            distribution.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
+
+        tf.cond(distribution.experimental_local_results(finite)[0], apply_everywhere,
+                lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica,
+                                                   args=(finite, grads, variables))
 
 
 def _make_eval_step(task, model, strategy, host_input):

@@ -232,6 +232,18 @@ def test_model_dir_lock_through_gfile_takes_over_only_stale_locks():
         run_dir.RunDirLock(model_dir).acquire()
     first.release()
     assert not tf.io.gfile.exists(path)
+    # A live holder's heartbeat moves on, so it is never taken for stale.
+    beating = run_dir.RunDirLock(model_dir, heartbeat_s=0.01).acquire()
+    with tf.io.gfile.GFile(path) as f:
+        started = json.load(f)["heartbeat"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with tf.io.gfile.GFile(path) as f:
+            if json.load(f)["heartbeat"] > started:
+                break
+    else:
+        raise AssertionError("the heartbeat never moved")
+    beating.release()
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
     holders = [

@@ -139,7 +139,9 @@ def test_resume_with_other_settings_fails_naming_both_values_and_changes_nothing
 def test_a_second_trainer_on_a_locked_model_dir_fails_and_a_killed_holder_frees_it(
         finished, tmp_path):
     model_dir = _copy(finished, tmp_path, "locked")
-    first = start(MLM, [f"--model_dir={model_dir}", "--train_steps=100000", *TINY])
+    # Logs its first step only and saves no checkpoint while it runs.
+    first = start(MLM, [f"--model_dir={model_dir}", *TINY, "--train_steps=100000",
+                        "--log_every=100000", "--checkpoint_every=100000"])
     lock_path = os.path.join(model_dir, run_dir.LOCK_FILE)
     try:
         deadline = time.monotonic() + 200

@@ -139,6 +139,26 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(baseline, tmp_path):
                                    err_msg=key)
 
 
+def test_image_trainer_stops_on_a_non_finite_loss_and_keeps_no_exploded_checkpoint(tmp_path):
+    model_dir = str(tmp_path / "nan")
+    returncode, output = _run(
+        "trainers.train_image_classifier",
+        [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
+         "--global_batch_size=16", "--train_steps=50", "--warmup_steps=0",
+         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1"],
+        expect_ok=False)
+    assert returncode == 3, output[-4000:]
+    assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
+    losses = _losses(model_dir)
+    assert all(np.isfinite(list(losses.values())))
+    # Step 1's finite update gave weights of ~1e30 and step 2 a non-finite loss: the checkpoint
+    # of step 1 held those weights, so it is gone and none is left.
+    bad_step = max(losses) + 1
+    assert f"A checkpoint of step {bad_step - 1} held the weights" in output
+    assert tf.train.latest_checkpoint(model_dir) is None
+    assert not [n for n in os.listdir(model_dir) if n.startswith("ckpt-")]
+
+
 def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path):
     data = tmp_path / "train.tsv"
     rows = ["sentence\tlabel"] + [f"{'good' if i % 2 else 'bad'} value number {i}\t{i % 2}"

@@ -24,6 +24,7 @@ from absl import flags
 
 from trainers import train_image_classifier
 from trainers.core import loop
+from trainers.core import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_IMAGE = [
@@ -88,7 +89,8 @@ def test_steps_per_loop_must_be_positive(value, tmp_path):
 
 def _train(model_dir, *args, task_class=train_image_classifier.ImageClassificationTask):
     return loop.run(task_class(_flag_values(model_dir, "--train_steps=20", "--log_every=5",
-                                            "--checkpoint_every=5", *args)))
+                                            "--checkpoint_every=5", "--keep_checkpoints=10",
+                                            *args)))
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +160,7 @@ def test_the_whole_train_step_compiles_with_xla_and_matches(tmp_path):
                 next(iter(task.train_dataset(16))))(stage="hlo")
             assert "HloModule" in hlo and "dot(" in hlo
         outputs = [train_loop(iterator, tf.constant(1)) for _ in range(3)]
-        results[jit] = ([(float(loss), float(norm)) for _, loss, _, norm in outputs],
+        results[jit] = ([(float(loss), float(norm)) for _, loss, _, norm, _ in outputs],
                         [v.numpy() for v in model.trainable_variables])
     np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-4)
     for compiled, plain in zip(results[True][1], results[False][1]):
@@ -312,8 +314,8 @@ def test_a_restart_with_another_worker_count_is_refused(two_workers, tmp_path):
     shutil.copytree(reference, model_dir)
     before = sorted(os.listdir(model_dir))
     fv = _flag_values(model_dir, f"--train_steps={RUN_STEPS + 5}", *EVERY_STEP)
-    with pytest.raises(ValueError, match=r"ckpt-30 was saved with 2 input pipeline\(s\).*"
-                                         r"this run has 1.*--nocheckpoint_iterator"):
+    with pytest.raises(run_dir.RunDirError, match=r"ckpt-30 was saved with 2 input "
+                       r"pipeline\(s\).*this run has 1.*--nocheckpoint_iterator"):
         loop.run(train_image_classifier.ImageClassificationTask(fv))
     assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{RUN_STEPS}")
     assert sorted(os.listdir(model_dir)) == before

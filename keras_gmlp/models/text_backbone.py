@@ -3,7 +3,9 @@
 import keras
 import keras_hub
 
+from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
+from keras_gmlp.models import arguments
 from keras_gmlp.models.base import FunctionalModel
 from keras_gmlp.models.presets import TEXT_PRESETS
 from keras_gmlp.models.presets import get_preset
@@ -56,17 +58,34 @@ class GMLPBackbone(FunctionalModel):
         dtype=None,
         **kwargs,
     ):
-        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
+        kwargs.pop(arguments.VERSION_KEY, None)
+        self.validate_arguments(
+            vocabulary_size=vocabulary_size,
+            num_layers=num_layers,
+            hidden_dim=hidden_dim,
+            ffn_dim=ffn_dim,
+            sequence_length=sequence_length,
+            tiny_attention_dim=tiny_attention_dim,
+            dropout=dropout,
+            drop_path_rate=drop_path_rate,
+            causal=causal,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            **kwargs,
+        )
+        # Layers are locals until keras.Model.__init__ has run: the PyTorch backend cannot
+        # track a module assigned to an uninitialised torch.nn.Module.
+        token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size,
             hidden_dim,
             embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             dtype=dtype,
             name="token_embedding",
         )
-        self.embeddings_dropout = keras.layers.Dropout(
+        embeddings_dropout = keras.layers.Dropout(
             dropout, dtype=dtype, name="embeddings_dropout"
         )
-        self.blocks = [
+        blocks = [
             GMLPBlock(
                 hidden_dim,
                 ffn_dim,
@@ -81,22 +100,26 @@ class GMLPBackbone(FunctionalModel):
             )
             for i in range(num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
+        final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
         )
 
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        x = self.embeddings_dropout(self.token_embedding(token_ids))
-        for block in self.blocks:
+        x = embeddings_dropout(token_embedding(token_ids))
+        for block in blocks:
             x = block(x, padding_mask=padding_mask)
-        x = self.final_norm(x)
+        x = final_norm(x)
         super().__init__(
             inputs={"token_ids": token_ids, "padding_mask": padding_mask},
             outputs=x,
             dtype=dtype,
             **kwargs,
         )
+        self.token_embedding = token_embedding
+        self.embeddings_dropout = embeddings_dropout
+        self.blocks = blocks
+        self.final_norm = final_norm
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
@@ -117,6 +140,36 @@ class GMLPBackbone(FunctionalModel):
             layer_norm_epsilon=layer_norm_epsilon,
             dtype=dtype,
         )
+
+    @classmethod
+    def validate_arguments(cls, **kwargs):
+        """Raises ValueError naming the first bad constructor argument, its value and what was
+        expected: unknown names, missing required ones, and out-of-range values. Builds nothing.
+
+        `GMLPBackbone.validate_arguments(**kwargs)` passing means `GMLPBackbone(**kwargs)` gets
+        past every argument check.
+        """
+        kwargs = dict(kwargs)
+        kwargs.pop(arguments.VERSION_KEY, None)
+        arguments.check_known_arguments(cls, kwargs)
+        checks = {
+            "vocabulary_size": validation.check_positive_int,
+            "num_layers": validation.check_positive_int,
+            "hidden_dim": validation.check_positive_int,
+            "ffn_dim": lambda name, value: arguments.check_even_positive_int(
+                name, value, "the Spatial Gating Unit splits it in halves"),
+            "sequence_length": validation.check_positive_int,
+            "tiny_attention_dim": arguments.check_optional_positive_int,
+            "dropout": validation.check_rate,
+            "drop_path_rate": validation.check_rate,
+            "causal": arguments.check_bool,
+            "layer_norm_epsilon": validation.check_positive_float,
+            "dtype": lambda name, value: arguments.check_dtype(value),
+            "name": lambda name, value: arguments.check_name(value),
+            "trainable": arguments.check_bool,
+        }
+        for name, value in kwargs.items():
+            checks[name](name, value)
 
     @classmethod
     def from_preset(cls, preset, **overrides):

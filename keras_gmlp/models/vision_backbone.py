@@ -2,7 +2,9 @@
 
 import keras
 
+from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
+from keras_gmlp.models import arguments
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.models.base import FunctionalModel
 from keras_gmlp.models.presets import VISION_PRESETS
@@ -51,30 +53,34 @@ class GMLPVisionBackbone(FunctionalModel):
         dtype=None,
         **kwargs,
     ):
-        image_shape = tuple(image_shape)
-        if len(image_shape) != 3 or any(
-            not isinstance(size, int) or size < 1 for size in image_shape
-        ):
-            raise ValueError(
-                f"`image_shape` must be (height, width, channels) positive ints, got {image_shape}."
-            )
+        kwargs.pop(arguments.VERSION_KEY, None)
+        self.validate_arguments(
+            image_shape=image_shape,
+            patch_size=patch_size,
+            num_layers=num_layers,
+            hidden_dim=hidden_dim,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            drop_path_rate=drop_path_rate,
+            include_rescaling=include_rescaling,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            **kwargs,
+        )
+        image_shape = tuple(int(size) for size in image_shape)
         height, width, _ = image_shape
-        if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"`image_shape` {image_shape} must have height and width divisible by "
-                f"`patch_size`={patch_size}."
-            )
         num_patches = (height // patch_size) * (width // patch_size)
 
-        self.rescaling = None
+        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
+        rescaling = None
         if include_rescaling:
-            self.rescaling = keras.layers.Rescaling(
+            rescaling = keras.layers.Rescaling(
                 1.0 / 127.5, offset=-1.0, dtype=dtype, name="rescaling"
             )
-        self.patch_embedding = PatchEmbedding(
+        patch_embedding = PatchEmbedding(
             patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
         )
-        self.blocks = [
+        blocks = [
             GMLPBlock(
                 hidden_dim,
                 ffn_dim,
@@ -87,17 +93,21 @@ class GMLPVisionBackbone(FunctionalModel):
             )
             for i in range(num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
+        final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
         )
 
         images = keras.Input(shape=image_shape, name="images")
-        x = images if self.rescaling is None else self.rescaling(images)
-        x = self.patch_embedding(x)
-        for block in self.blocks:
+        x = images if rescaling is None else rescaling(images)
+        x = patch_embedding(x)
+        for block in blocks:
             x = block(x)
-        x = self.final_norm(x)
+        x = final_norm(x)
         super().__init__(inputs=images, outputs=x, dtype=dtype, **kwargs)
+        self.rescaling = rescaling
+        self.patch_embedding = patch_embedding
+        self.blocks = blocks
+        self.final_norm = final_norm
         self.image_shape = image_shape
         self.patch_size = patch_size
         self.num_layers = num_layers
@@ -119,6 +129,46 @@ class GMLPVisionBackbone(FunctionalModel):
         )
 
     @classmethod
+    def validate_arguments(cls, **kwargs):
+        """Raises ValueError naming the first bad constructor argument, its value and what was
+        expected: unknown names, missing required ones, out-of-range values, and an
+        `image_shape` whose height or width is not a multiple of `patch_size`. Builds nothing.
+        """
+        kwargs = dict(kwargs)
+        kwargs.pop(arguments.VERSION_KEY, None)
+        arguments.check_known_arguments(cls, kwargs)
+        checks = {
+            "image_shape": _check_image_shape,
+            "patch_size": validation.check_positive_int,
+            "num_layers": validation.check_positive_int,
+            "hidden_dim": validation.check_positive_int,
+            "ffn_dim": lambda name, value: arguments.check_even_positive_int(
+                name, value, "the Spatial Gating Unit splits it in halves"),
+            "dropout": validation.check_rate,
+            "drop_path_rate": validation.check_rate,
+            "include_rescaling": arguments.check_bool,
+            "layer_norm_epsilon": validation.check_positive_float,
+            "dtype": lambda name, value: arguments.check_dtype(value),
+            "name": lambda name, value: arguments.check_name(value),
+            "trainable": arguments.check_bool,
+        }
+        for name, value in kwargs.items():
+            checks[name](name, value)
+        if "image_shape" in kwargs and "patch_size" in kwargs:
+            height, width, _ = kwargs["image_shape"]
+            patch_size = kwargs["patch_size"]
+            validation.check(height % patch_size == 0 and width % patch_size == 0, "image_shape",
+                             tuple(kwargs["image_shape"]),
+                             f"height and width multiples of `patch_size`={patch_size}")
+
+    @classmethod
     def from_preset(cls, preset, **overrides):
         """Builds a vision preset (see `presets.VISION_PRESETS`), with overrides."""
         return cls(**{**get_preset(preset, VISION_PRESETS), **overrides})
+
+
+def _check_image_shape(name, value):
+    validation.check(
+        isinstance(value, (tuple, list)) and len(value) == 3
+        and all(validation.is_int(size) and size >= 1 for size in value),
+        name, value, "(height, width, channels), three positive ints")

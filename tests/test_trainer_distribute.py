@@ -191,7 +191,7 @@ class _Process:
                 [sys.executable, "-m", "trainers.train_image_classifier", *TINY_IMAGE, *args],
                 cwd=REPO, env=_env(**env), stdout=log, stderr=subprocess.STDOUT)
 
-    def wait(self, timeout=300):
+    def wait(self, timeout=900):  # generous: start-up alone took minutes on a loaded machine
         self.popen.wait(timeout=timeout)
         with open(self.log_path) as f:
             return self.popen.returncode, f.read()

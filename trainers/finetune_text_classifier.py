@@ -85,15 +85,15 @@ class TextClassificationTask(Task):
         count = checkpoints.restore_backbone(model.backbone, path)
         logging.info("Initialised the backbone (%d variables) from %s.", count, path)
 
-    def _dataset(self, source, split, batch_size, training):
+    def _dataset(self, source, split, batch_size, training, input_context=None):
         fv = self.flags
         return data.classification_dataset(
             source, self.tokenizer, self.sequence_length, batch_size, split=split,
             data_dir=fv.data_dir, seed=fv.seed, shuffle=training, repeat=training,
-            drop_remainder=training, label_names=self.label_names)
+            drop_remainder=training, label_names=self.label_names, input_context=input_context)
 
-    def train_dataset(self, global_batch_size):
-        return self._dataset(self.flags.data, "train", global_batch_size, True)
+    def train_dataset(self, batch_size, input_context=None):
+        return self._dataset(self.flags.data, "train", batch_size, True, input_context)
 
     def eval_dataset(self, global_batch_size):
         fv = self.flags

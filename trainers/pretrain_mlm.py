@@ -69,15 +69,16 @@ class MaskedLMTask(Task):
 
         return lines.enumerate().filter(keep).map(lambda index, line: line)
 
-    def _dataset(self, source, split, batch_size, training):
+    def _dataset(self, source, split, batch_size, training, input_context=None):
         fv = self.flags
         lines = self._lines(source, split)
         return data.mlm_dataset(
             lines, self.tokenizer, self.sequence_length, batch_size, mask_rate=fv.mask_rate,
-            max_predictions=fv.max_predictions, seed=fv.seed, shuffle=training, repeat=training)
+            max_predictions=fv.max_predictions, seed=fv.seed, shuffle=training, repeat=training,
+            input_context=input_context)
 
-    def train_dataset(self, global_batch_size):
-        return self._dataset(self.flags.data, "train", global_batch_size, True)
+    def train_dataset(self, batch_size, input_context=None):
+        return self._dataset(self.flags.data, "train", batch_size, True, input_context)
 
     def eval_dataset(self, global_batch_size):
         fv = self.flags

@@ -60,7 +60,7 @@ class ImageClassificationTask(Task):
         return GMLPImageClassifier(GMLPVisionBackbone(**self.backbone_kwargs), self.num_classes,
                                    dropout=self.flags.classifier_dropout)
 
-    def _dataset(self, split, batch_size, training):
+    def _dataset(self, split, batch_size, training, input_context=None):
         fv = self.flags
         height, width, channels = self.backbone_kwargs["image_shape"]
         augment = {}
@@ -74,10 +74,10 @@ class ImageClassificationTask(Task):
             fv.data, split=split, image_size=(height, width), batch_size=batch_size,
             training=training, seed=fv.seed, data_dir=fv.data_dir, num_classes=self.num_classes,
             channels=channels, shuffle=training, repeat=training, drop_remainder=training,
-            **augment)
+            input_context=input_context, **augment)
 
-    def train_dataset(self, global_batch_size):
-        return self._dataset("train", global_batch_size, True)
+    def train_dataset(self, batch_size, input_context=None):
+        return self._dataset("train", batch_size, True, input_context)
 
     def eval_dataset(self, global_batch_size):
         return self._dataset(self.flags.eval_split, global_batch_size, False)

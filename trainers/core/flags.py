@@ -86,6 +86,14 @@ def define_common_flags(fv=flags.FLAGS):
                       "checkpoints (where the strategy allows) so a resumed run sees the same "
                       "batches; otherwise a resumed run skips the batches already used.",
                       flag_values=fv)
+    flags.DEFINE_integer("steps_per_loop", 100, "Training steps per tf.function call (one "
+                         "host round trip per loop, as Orbit's StandardTrainer). Loops also end "
+                         "at every --log_every, --checkpoint_every and --eval_every step.",
+                         flag_values=fv)
+    flags.DEFINE_bool("per_worker_input", True, "With several workers, each reads and "
+                      "preprocesses only its share of every global batch (and checkpoints its "
+                      "own iterator); otherwise every worker reads whole global batches.",
+                      flag_values=fv)
     flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().",
                       flag_values=fv)
 
@@ -214,6 +222,7 @@ def register_validators(kind, fv=flags.FLAGS):
     check("eval_every", lambda v: v >= 0, "an integer >= 0")
     check("eval_steps", lambda v: v >= 0, "an integer >= 0")
     check("log_every", lambda v: v >= 1, "an integer >= 1")
+    check("steps_per_loop", lambda v: v is not None and v >= 1, "an integer >= 1")
     check("seed", lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (TensorFlow's seeds "
           "are int32)")
     check("export_dir", _writable_dir, "a directory that can be created and written (not a "

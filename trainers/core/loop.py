@@ -9,6 +9,7 @@ replicas, gradients all-reduced once, clipped by their global norm, applied by A
 
 import json
 import os
+import re
 import sys
 
 import keras
@@ -98,29 +99,53 @@ def _run(task, strategy, chief):
     backbone_config = (keras.saving.serialize_keras_object(model.backbone)
                        if hasattr(model, "backbone") else None)
 
-    # Non-TPU strategies read global batches from one plain tf.data iterator per worker and
-    # hand each replica its slice: the batches do not depend on the replica count, and the
-    # iterator (unlike tf.distribute's DistributedIterator, which is not trackable in TF 2.21)
-    # is saved in checkpoints. TPUs need tf.distribute's input pipeline; a resumed TPU run (or
-    # --nocheckpoint_iterator) skips the batches it already consumed, which gives the same ones.
+    # Non-TPU strategies read from plain tf.data iterators, which (unlike tf.distribute's
+    # DistributedIterator, not trackable in TF 2.21) are saved in checkpoints. With
+    # --per_worker_input each worker's pipeline yields only its share of every global batch
+    # (element-level sharding: worker p of P gets elements p, p + P, ... of the one global
+    # stream, so global batch t holds the same examples for any P) and saves its own iterator;
+    # otherwise every worker reads whole global batches and keeps its slice. TPUs need
+    # tf.distribute's input pipeline; a resumed TPU run (or --nocheckpoint_iterator) skips the
+    # batches it already consumed, which gives the same ones.
     host_input = not isinstance(strategy, tf.distribute.TPUStrategy)
     save_iterator = fv.checkpoint_iterator and host_input
-    train_ds = task.train_dataset(fv.global_batch_size)
+    context = strategy_lib.input_context(strategy)
+    per_worker = host_input and fv.per_worker_input and context.num_input_pipelines > 1
+    pipelines = context.num_input_pipelines if per_worker else 1
+    worker_index = context.input_pipeline_id
+    train_ds = task.train_dataset(fv.global_batch_size // pipelines,
+                                  context if per_worker else None)
+    logging.info("Input: this worker's pipeline (%d of %d) reads %d of every %d examples.",
+                 worker_index if per_worker else 0, pipelines,
+                 fv.global_batch_size // pipelines, fv.global_batch_size)
+    # Worker 0 (the chief) keeps its iterator in the main checkpoint; the others in their own.
+    own_input = save_iterator and per_worker and worker_index > 0
+    state = dict(model=checkpoints.model_tree(model), optimizer=optimizer)
     if save_iterator:
         iterator = iter(train_ds)
-        checkpoint = tf.train.Checkpoint(model=checkpoints.model_tree(model), optimizer=optimizer,
-                                         iterator=iterator)
-    else:
-        checkpoint = tf.train.Checkpoint(model=checkpoints.model_tree(model), optimizer=optimizer)
+        if not own_input:
+            state["iterator"] = iterator
+    checkpoint = tf.train.Checkpoint(**state)
+    input_manager = None
+    if own_input:
+        input_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(iterator=iterator), worker_input_dir(model_dir, worker_index),
+            max_to_keep=fv.keep_checkpoints + 1)
+
+    def restore(path):
+        if save_iterator:
+            _check_worker_inputs(model_dir, path, pipelines)
+        checkpoint.restore(path).assert_existing_objects_matched()
+        if input_manager is not None:
+            input_manager.checkpoint.restore(
+                _worker_input_path(model_dir, worker_index, path)).assert_consumed()
 
     # An existing run is compared with these flags and restored before anything is written
     # into its model_dir: a resume that cannot work leaves the directory as it was.
     resumed = None
     if found:
         _compare_with_stored_run(task, backbone_config, save_iterator)
-        resumed = run_dir.restore_newest(
-            found, lambda path: checkpoint.restore(path).assert_existing_objects_matched(),
-            model_dir)
+        resumed = run_dir.restore_newest(found, restore, model_dir)
         logging.info("Resumed from %s at step %d.",
                      os.path.join(model_dir, f"ckpt-{resumed}"), int(optimizer.iterations.numpy()))
     else:
@@ -140,11 +165,21 @@ def _run(task, strategy, chief):
     manager = tf.train.CheckpointManager(
         checkpoint, save_dir, max_to_keep=fv.keep_checkpoints + 1,
         step_counter=optimizer.iterations)
+    barrier = _make_barrier(strategy) if save_iterator and per_worker else None
+
+    def save(step):
+        # Every worker's iterator is on disk before the chief's checkpoint names the step, so
+        # the latest checkpoint always has its per-worker iterators, even after a SIGKILL.
+        if input_manager is not None:
+            input_manager.save(checkpoint_number=step)
+        if barrier is not None:
+            barrier()
+        manager.save(checkpoint_number=step)
 
     # Built before training so that an unusable evaluation source fails now, not at the end.
     eval_ds = task.eval_dataset(fv.global_batch_size)
-    train_step = _make_train_step(task, model, optimizer, strategy, fv.global_clipnorm,
-                                  host_input)
+    train_loop = make_train_loop(task, model, optimizer, strategy, fv.global_clipnorm,
+                                 host_input, per_worker)
     eval_step = _make_eval_step(task, model, strategy, host_input)
     log = ProgressLog(model_dir, chief, fv.train_steps, fv.global_batch_size)
     step = int(optimizer.iterations.numpy())
@@ -153,8 +188,9 @@ def _run(task, strategy, chief):
     eval_metrics = {}
     log.start(step)
     while step < fv.train_steps:
-        loss, sums, grad_norm, applied = train_step(iterator)
-        step += 1
+        done, loss, sums, grad_norm, applied = train_loop(
+            iterator, tf.constant(loop_length(step, start_step, fv), tf.int32))
+        step += int(done)
         loss, grad_norm = float(loss), float(grad_norm)
         if not bool(applied):
             # The update was not applied, so the weights are those that gave this loss.
@@ -175,7 +211,7 @@ def _run(task, strategy, chief):
         if step % fv.log_every == 0 or step in (start_step + 1, fv.train_steps):
             log.write(step, loss, float(schedule(step - 1)), grad_norm, task.metrics)
         if step % fv.checkpoint_every == 0 or step == fv.train_steps:
-            manager.save(checkpoint_number=step)
+            save(step)
             last_saved = step
         if fv.eval_every and step % fv.eval_every == 0 and step != fv.train_steps:
             eval_metrics = _evaluate(task, eval_ds, eval_step, strategy, fv, log, step, host_input)
@@ -245,11 +281,71 @@ def _with_sharding_policy(dataset):
     return dataset.with_options(options)
 
 
-def _split_for_replicas(strategy, batch):
-    """Distributes a global batch: replica r of n gets rows [r * b // n, (r + 1) * b // n)."""
+def loop_length(step, start_step, fv):
+    """Steps in the next `train_loop` call: up to --steps_per_loop, ending at every boundary.
+
+    Loops end at multiples of --steps_per_loop and never run past a step at which something
+    happens on the host: a multiple of --log_every, --checkpoint_every or --eval_every, the
+    first step of this process (logged on its own) or --train_steps. So intervals that are not
+    multiples of --steps_per_loop (or a --train_steps that is not) give shorter loops, every
+    interval is kept exactly, and a resumed run's loops end where an uninterrupted run's do.
+    """
+    if step == start_step:
+        return 1
+    end = fv.train_steps
+    for every in (fv.steps_per_loop, fv.log_every, fv.checkpoint_every, fv.eval_every):
+        if every:
+            end = min(end, (step // every + 1) * every)
+    return end - step
+
+
+def worker_input_dir(model_dir, index):
+    """Where worker `index` > 0 keeps its input iterator under --per_worker_input."""
+    return os.path.join(model_dir, f"input_worker_{index}")
+
+
+def _worker_input_path(model_dir, index, latest):
+    return os.path.join(worker_input_dir(model_dir, index), os.path.basename(latest))
+
+
+def _check_worker_inputs(model_dir, latest, pipelines):
+    """The latest checkpoint's per-worker iterators must be exactly this run's workers'."""
+    found = set()
+    for name in tf.io.gfile.listdir(model_dir):
+        match = re.fullmatch(r"input_worker_(\d+)/?", name)
+        if match and tf.io.gfile.exists(
+                _worker_input_path(model_dir, int(match[1]), latest) + ".index"):
+            found.add(int(match[1]))
+    if found != set(range(1, pipelines)):
+        raise ValueError(
+            f"--model_dir={model_dir}: {os.path.basename(latest)} was saved with "
+            f"{len(found) + 1} input pipeline(s) (per-worker iterators of workers "
+            f"{sorted(found)}), but this run has {pipelines}: expected the same workers and "
+            "--per_worker_input setting, or --nocheckpoint_iterator to resume by skipping the "
+            "batches already used.")
+
+
+def _make_barrier(strategy):
+    # One all-reduce: no worker returns from it before every worker has called it.
+    @tf.function
+    def barrier():
+        ones = strategy.run(lambda: tf.constant(1.0))
+        return strategy.reduce(SUM, ones, axis=None)
+
+    return barrier
+
+
+def _split_for_replicas(strategy, batch, per_worker=False):
+    """Distributes a batch: replica r of the n it is shared by gets rows [r b // n, (r+1) b // n).
+
+    A global batch is shared by all replicas; a per-worker batch by this worker's replicas,
+    which MultiWorkerMirroredStrategy numbers consecutively (see strategy_lib.input_context).
+    """
+    local = strategy_lib.local_replicas(strategy)
 
     def replica_slice(context):
-        index, count = context.replica_id_in_sync_group, context.num_replicas_in_sync
+        count = local if per_worker else context.num_replicas_in_sync
+        index = context.replica_id_in_sync_group % count
 
         def cut(tensor):
             size = tf.shape(tensor)[0]
@@ -260,12 +356,18 @@ def _split_for_replicas(strategy, batch):
     return strategy.experimental_distribute_values_from_function(replica_slice)
 
 
-def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
-    """A tf.function running one step; returns (loss, metric sums, grad norm, applied).
+def make_train_loop(task, model, optimizer, strategy, clipnorm, host_input, per_worker=False,
+                    jit_compile=False):
+    """`train_loop(iterator, num_steps) -> (steps_done, loss, sums, grad_norm, applied)`.
 
-    The update is applied only when the loss and the all-reduced gradients are finite
-    (`applied` is then True), so the weights never take a non-finite step and what a
-    checkpoint saves afterwards is the last finite state.
+    One tf.function that runs up to `num_steps` steps (a `tf.while_loop`), as Orbit's
+    StandardTrainer does, so the host waits once per loop: `loss`, `grad_norm` and `applied`
+    are the last step's, `sums` the metric sums over the loop's steps, reduced over replicas on
+    the device. Each update is applied only when the loss and the all-reduced gradients are
+    finite, so the weights never take a non-finite step; the loop ends after the first step
+    that was not applied (`applied` False, its step is `steps_done`). `jit_compile=True`
+    compiles each replica's whole step (forward, gradients, all-reduce, clipping, AdamW) with
+    XLA, which is what TPUStrategy does with it.
     """
     variables = model.trainable_variables
 
@@ -286,17 +388,30 @@ def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
         _apply_if(finite, optimizer, grads, variables)
         return loss, sums, grad_norm, finite
 
-    @tf.function
-    def train_step(iterator):
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    def one_step(iterator):
         batch = next(iterator)
         if host_input:
-            batch = _split_for_replicas(strategy, batch)
+            batch = _split_for_replicas(strategy, batch, per_worker)
         loss, sums, grad_norm, finite = strategy.run(replica_step, args=(batch,))
         first = lambda x: strategy.experimental_local_results(x)[0]  # noqa: E731
         sums = {k: strategy.reduce(SUM, v, axis=None) for k, v in sums.items()}
         return first(loss), sums, first(grad_norm), first(finite)
 
-    return train_step
+    @tf.function
+    def train_loop(iterator, num_steps):
+        loss, sums, grad_norm, finite = one_step(iterator)
+        done = tf.constant(1, tf.int32)
+        while finite and done < num_steps:
+            loss, step_sums, grad_norm, finite = one_step(iterator)
+            sums = {k: sums[k] + step_sums[k] for k in sums}
+            done += 1
+        return done, loss, sums, grad_norm, finite
+
+    train_loop.replica_step = replica_step  # for tests: the XLA-compiled part
+    return train_loop
 
 
 def _apply_if(finite, optimizer, grads, variables):

@@ -92,6 +92,34 @@ def task_id(strategy):
     return 0
 
 
+def input_context(strategy):
+    """The `tf.distribute.InputContext` of this worker's input pipeline: one per worker.
+
+    Pipeline ids follow TensorFlow's own numbering (`_id_in_cluster`: a "chief" task is 0,
+    worker i is i + 1 when there is a chief, else i), which is also the order in which
+    MultiWorkerMirroredStrategy numbers the replicas: pipeline p feeds replicas
+    [p * local, (p + 1) * local). TPUStrategy and one-process strategies have one pipeline.
+    """
+    replicas = strategy.num_replicas_in_sync
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return tf.distribute.InputContext(1, 0, replicas)
+    cluster = resolver.cluster_spec().as_dict()
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    if not chiefs + workers:  # MWMS without TF_CONFIG: this process alone
+        return tf.distribute.InputContext(1, 0, replicas)
+    index = 0 if resolver.task_type == "chief" else chiefs + (resolver.task_id or 0)
+    return tf.distribute.InputContext(chiefs + workers, index, replicas)
+
+
+def local_replicas(strategy):
+    """How many replicas this process feeds."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list
+        return 1
+
+
 def describe(strategy):
     """One line for the log: the strategy class and its replicas."""
     try:

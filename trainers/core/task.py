@@ -27,8 +27,15 @@ class Task:
     def initialize_from_pretrained(self, model):
         """Loads pretrained weights into a fresh model (not called when resuming)."""
 
-    def train_dataset(self, global_batch_size):
-        """An infinite tf.data.Dataset of global batches (drop_remainder), deterministic."""
+    def train_dataset(self, batch_size, input_context=None):
+        """An infinite, deterministic tf.data.Dataset of batches of `batch_size` (drop_remainder).
+
+        Without `input_context` these are the global batches. With one (a
+        `tf.distribute.InputContext`, --per_worker_input on several workers), `batch_size` is
+        the per-worker share and the pipeline must shard its stream by element index with it
+        (the `input_context` argument of `keras_gmlp.data`'s pipelines), so that pipeline p's
+        batch t holds elements p, p + P, ... of the global batch t.
+        """
         raise NotImplementedError
 
     def eval_dataset(self, global_batch_size):

@@ -1,0 +1,511 @@
+"""The training loop on the JAX backend: keras.distribution layouts, many steps per host call.
+
+`trainers.core.loop.run` hands a task here when `KERAS_BACKEND=jax`. The flags, tasks,
+tf.data pipelines, schedule, AdamW, summaries and checkpoint keys are the TensorFlow loop's;
+what differs is what JAX does natively:
+
+- `--strategy` picks a `keras.distribution`: none (one device), `DataParallel` over every
+  device, or `ModelParallel` with the backbone's `get_layout_map` on a ("batch", "model")
+  mesh. Variables are created as global `jax.Array`s with those layouts.
+- One `jax.jit` computes the loss of the whole global batch (sum over the batch / global
+  weight, as the TF loop's all-reduced normaliser gives); XLA's SPMD partitioner inserts the
+  collectives, so there is no hand-written all-reduce.
+- `--steps_per_loop=N` runs N steps in one call, a `jax.lax.scan` over N stacked batches; the
+  per-step losses come back stacked, so logs, metrics.jsonl and the NaN check still see every
+  step, at the loop boundary. Checkpoints, evaluation and export happen at loop boundaries.
+- Batches come from the same tf.data pipeline as numpy arrays (as keras-hub feeds JAX). Each
+  process keeps its rows of each global batch (every host builds the same pipeline), and
+  `jax.make_array_from_process_local_data` assembles the global batch.
+- Checkpoints use TensorFlow's checkpoint format and the TF loop's variable keys
+  (`model/<key>`, `optimizer/<key>`, the tf.data iterator), written by process 0 through
+  `tf.train.CheckpointManager`, whose index file is replaced atomically: a run killed while
+  saving resumes from the previous checkpoint. A backbone in such a checkpoint initialises a
+  fine-tuning run on either backend.
+- `--export_dir` rebuilds the model from the last checkpoint in a child process on the
+  TensorFlow backend, which writes the same SavedModel a TF-trained run gives.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from trainers.core import checkpoints
+from trainers.core import flags as flags_lib
+from trainers.core import optimization
+from trainers.core.summaries import ProgressLog
+
+def make_distribution(strategy, model_parallel_size=0, backbone_class=None):
+    """The `keras.distribution.Distribution` for `--strategy` on JAX, or None for one device.
+
+    Args:
+        strategy: "default"/"one_device" (None), "data_parallel", "model_parallel" or "tpu".
+        model_parallel_size: devices on the mesh's "model" axis for "model_parallel"; 0 means
+            every device of one host.
+        backbone_class: provides `get_layout_map(mesh, model_parallel_dim_name,
+            data_parallel_dim_name)`; without one, `keras_gmlp.models.layout.get_layout_map`.
+    """
+    if strategy in ("default", "one_device"):
+        return None
+    if strategy == "tpu":
+        if jax.devices()[0].platform != "tpu":
+            raise ValueError(
+                f"--strategy=tpu: JAX sees no TPU (its devices are {jax.devices()}); on a TPU VM "
+                "install the tpu extra (pip install -e \".[tpu]\").")
+        return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+    if strategy == "data_parallel":
+        return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+    if strategy == "model_parallel":
+        devices = keras.distribution.list_devices()
+        size = model_parallel_size or jax.local_device_count()
+        if size > len(devices) or len(devices) % size:
+            raise ValueError(
+                f"--model_parallel_size={model_parallel_size}: expected a divisor of the "
+                f"{len(devices)} devices.")
+        mesh = keras.distribution.DeviceMesh(
+            (len(devices) // size, size), ("batch", "model"), devices)
+        get_layout_map = getattr(backbone_class, "get_layout_map", None)
+        if get_layout_map is None:
+            from keras_gmlp.models.layout import get_layout_map
+        layout_map = get_layout_map(mesh, model_parallel_dim_name="model",
+                                    data_parallel_dim_name="batch")
+        return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+    raise ValueError(f"--strategy={strategy}: expected one of {list(flags_lib.JAX_STRATEGIES)} "
+                     "with KERAS_BACKEND=jax.")
+
+
+def data_parallel_size(distribution):
+    """How many ways the batch dimension is split."""
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    return mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)]
+
+
+def _backbone_class(task):
+    from keras_gmlp import models
+
+    return models.GMLPVisionBackbone if task.kind == flags_lib.VISION else models.GMLPBackbone
+
+
+def _set_cpu_devices(count):
+    # Mirrors --num_cpu_devices of the TF loop; only possible before JAX starts its backends.
+    if count > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError as error:
+            raise RuntimeError(f"--num_cpu_devices={count}: JAX already initialised its "
+                               "devices; set XLA_FLAGS=--xla_force_host_platform_device_count="
+                               f"{count} instead.") from error
+
+
+class Trainer:
+    """The model's state as jax arrays, the compiled loops, and the host-side data feed."""
+
+    def __init__(self, task, model, optimizer, distribution, clipnorm):
+        self.task = task
+        self.model = model
+        self.optimizer = optimizer
+        self.distribution = distribution
+        self.clipnorm = float(clipnorm)
+        self.process_index = jax.process_index()
+        self.process_count = jax.process_count()
+        self._train = jax.jit(self._train_loop, donate_argnums=0,
+                              out_shardings=(self._state_shardings(), None))
+        self._eval = jax.jit(self._eval_step)
+
+    # ---- state -------------------------------------------------------------------------
+    def state(self):
+        return ([v.value for v in self.model.trainable_variables],
+                [v.value for v in self.model.non_trainable_variables],
+                [v.value for v in self.optimizer.variables])
+
+    def set_state(self, state):
+        trainable, non_trainable, optimizer_values = state
+        for variable, value in zip(self.model.trainable_variables, trainable):
+            variable.assign(value)
+        for variable, value in zip(self.model.non_trainable_variables, non_trainable):
+            variable.assign(value)
+        for variable, value in zip(self.optimizer.variables, optimizer_values):
+            variable.assign(value)
+
+    def _state_shardings(self):
+        if self.distribution is None:
+            return None
+        return jax.tree_util.tree_map(lambda value: value.sharding, self.state())
+
+    # ---- the compiled functions --------------------------------------------------------
+    def _loss_terms(self, trainable, non_trainable, batch, training):
+        model = self.model
+        mapping = list(zip(model.trainable_variables, trainable)) + list(
+            zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss_sum, normaliser, sums = self.task.loss_terms(model, batch, training=training)
+        non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
+        return loss_sum, normaliser, sums, non_trainable
+
+    def _train_step(self, state, batch):
+        trainable, non_trainable, optimizer_values = state
+
+        def loss_fn(trainable_values):
+            loss_sum, normaliser, sums, new_non_trainable = self._loss_terms(
+                trainable_values, non_trainable, batch, training=True)
+            # The batch is the global batch: this is the TF loop's all-reduced normalisation.
+            loss = (keras.ops.cast(loss_sum, "float32")
+                    / keras.ops.maximum(keras.ops.cast(normaliser, "float32"), 1e-12))
+            return loss, (sums, new_non_trainable)
+
+        (loss, (sums, non_trainable)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable)
+        grad_norm = jax.numpy.sqrt(sum(
+            jax.numpy.sum(jax.numpy.square(g.astype("float32"))) for g in grads))
+        if self.clipnorm > 0:
+            # tf.clip_by_global_norm: g * clipnorm / max(norm, clipnorm).
+            scale = self.clipnorm / jax.numpy.maximum(grad_norm, self.clipnorm)
+            grads = [(g * scale).astype(g.dtype) for g in grads]
+        trainable, optimizer_values = self.optimizer.stateless_apply(
+            optimizer_values, grads, trainable)
+        sums = {key: keras.ops.cast(value, "float32") for key, value in sums.items()}
+        return (trainable, non_trainable, optimizer_values), (loss, sums, grad_norm)
+
+    def _train_loop(self, state, batches):
+        """`len(batches)` steps in one call; per-step (loss, sums, grad_norm) stacked."""
+        return jax.lax.scan(self._train_step, state, batches)
+
+    def _eval_step(self, state, batch):
+        trainable, non_trainable, _ = state
+        _, _, sums, _ = self._loss_terms(trainable, non_trainable, batch, training=False)
+        return {key: keras.ops.cast(value, "float32") for key, value in sums.items()}
+
+    def lower_train_loop(self, state, batches):
+        """The jitted loop lowered for these arguments (for inspecting its HLO)."""
+        return self._train.lower(state, batches)
+
+    def train(self, state, batches):
+        """Runs len(batches) steps; returns the new state and host numpy (loss, sums, norm)."""
+        state, outputs = self._train(state, batches)
+        return state, jax.tree_util.tree_map(np.asarray, jax.device_get(outputs))
+
+    def evaluate_batch(self, state, batch):
+        return {k: float(v) for k, v in jax.device_get(self._eval(state, batch)).items()}
+
+    # ---- data --------------------------------------------------------------------------
+    def _local_rows(self, array):
+        size = array.shape[0]
+        index, count = self.process_index, self.process_count
+        return array[size * index // count: size * (index + 1) // count]
+
+    def _sharding(self, shape, stacked, shard_batch):
+        if self.distribution is None:
+            return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        layout = self.distribution.get_data_layout(shape[1:] if stacked else shape)
+        axes = list(layout.axes) if shard_batch else [None] * len(layout.axes)
+        if stacked:
+            axes = [None] + axes
+        return jax.sharding.NamedSharding(layout.device_mesh.backend_mesh,
+                                          jax.sharding.PartitionSpec(*axes))
+
+    def device_batch(self, host_batch, stacked):
+        """Global jax arrays from numpy global batches (rows split by process and device).
+
+        A batch whose rows do not split evenly (the last evaluation batch) is replicated.
+        """
+        leaves = jax.tree_util.tree_leaves(host_batch)
+        rows = leaves[0].shape[1 if stacked else 0]
+        shard = rows % (data_parallel_size(self.distribution) * self.process_count) == 0
+
+        def put(array):
+            array = _jax_dtype(array)
+            sharding = self._sharding(array.shape, stacked, shard)
+            if self.distribution is None:
+                return jax.device_put(array, sharding)
+            if shard:
+                local = (np.stack([self._local_rows(a) for a in array]) if stacked
+                         else self._local_rows(array))
+            else:
+                local = array
+            return jax.make_array_from_process_local_data(sharding, local, array.shape)
+
+        return jax.tree_util.tree_map(put, host_batch)
+
+
+def _jax_dtype(array):
+    # JAX runs without 64-bit types by default; narrow them here rather than on every call.
+    array = np.asarray(array)
+    if array.dtype == np.int64:
+        return array.astype(np.int32)
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    return array
+
+
+def _numpy(batch):
+    return tf.nest.map_structure(lambda t: t.numpy(), batch)
+
+
+def _to_host(value):
+    if value.is_fully_addressable:
+        return np.asarray(value)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+class Checkpointer:
+    """model/optimizer/step/iterator in TensorFlow's checkpoint format, from jax values.
+
+    Keras variables on JAX are not TensorFlow trackables, so each is mirrored by a host
+    tf.Variable under the TF loop's key; process 0 writes, every process reads.
+    """
+
+    def __init__(self, model, optimizer, iterator, directory, keep, is_chief):
+        self.variables = list(model.variables)
+        self.optimizer_variables = list(optimizer.variables)
+        self.is_chief = is_chief
+
+        def mirrors(variables):
+            return [tf.Variable(np.zeros(v.shape, _jax_dtype(np.zeros((), v.dtype)).dtype),
+                                trainable=False) for v in variables]
+
+        self.mirrors = mirrors(self.variables)
+        self.optimizer_mirrors = mirrors(self.optimizer_variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        parts = dict(
+            model=tf.train.Checkpoint(**dict(zip(
+                checkpoints.checkpoint_keys(self.variables), self.mirrors))),
+            optimizer=tf.train.Checkpoint(**dict(zip(
+                checkpoints.checkpoint_keys(self.optimizer_variables), self.optimizer_mirrors))),
+            step=self.step)
+        if iterator is not None:
+            parts["iterator"] = iterator
+        self.checkpoint = tf.train.Checkpoint(**parts)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=keep, step_counter=self.step)
+
+    def save(self, step):
+        # Every process takes part in gathering sharded values; only process 0 writes.
+        values = [_to_host(v.value) for v in self.variables + self.optimizer_variables]
+        if not self.is_chief:
+            return None
+        for mirror, value in zip(self.mirrors + self.optimizer_mirrors, values):
+            mirror.assign(value.astype(mirror.dtype.as_numpy_dtype))
+        self.step.assign(step)
+        return self.manager.save(checkpoint_number=step)
+
+    def restore(self, path):
+        try:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except AssertionError as error:
+            raise ValueError(
+                f"{path}: this checkpoint does not hold this model's and optimizer's variables "
+                "under the JAX loop's keys (a run of another model, or one trained with "
+                "KERAS_BACKEND=tensorflow, cannot be resumed on JAX).") from error
+        for variable, mirror in zip(self.variables + self.optimizer_variables,
+                                    self.mirrors + self.optimizer_mirrors):
+            variable.assign(mirror.numpy())
+        return int(self.step.numpy())
+
+
+def run(task):
+    """Trains `task` on the JAX backend per its flags; returns the final evaluation metrics."""
+    from trainers.core import loop  # the TF loop's names shared with this one
+
+    fv = task.flags
+    model_dir = fv.model_dir
+    _set_cpu_devices(fv.num_cpu_devices)
+    if fv.mixed_precision != "float32":
+        keras.config.set_dtype_policy(fv.mixed_precision)
+    distribution = make_distribution(fv.strategy, fv.model_parallel_size, _backbone_class(task))
+    replicas = data_parallel_size(distribution) * jax.process_count()
+    if fv.global_batch_size % replicas:
+        raise ValueError(
+            f"--global_batch_size={fv.global_batch_size}: expected a multiple of "
+            f"{replicas} (the data-parallel devices of --strategy={fv.strategy}).")
+    chief = jax.process_index() == 0
+    logging.info("JAX backend, %s on %d device(s) in %d process(es).",
+                 type(distribution).__name__ if distribution else "one device",
+                 len(jax.devices()) if distribution else 1, jax.process_count())
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+        flags_lib.write_flags(model_dir, fv)
+
+    task.prepare(model_dir, chief)
+    keras.utils.set_random_seed(fv.seed)
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(distribution)
+    try:
+        model = task.build_model()
+        schedule = optimization.WarmupDecay(
+            fv.learning_rate, fv.train_steps, fv.warmup_steps, fv.decay,
+            fv.end_learning_rate_ratio)
+        optimizer = optimization.make_optimizer(fv, schedule)
+        optimizer.build(model.trainable_variables)
+        logging.info("Model %s: %s parameters.", model.name, f"{model.count_params():,}")
+        if chief and hasattr(model, "backbone"):
+            with tf.io.gfile.GFile(os.path.join(model_dir, loop.MODEL_CONFIG_FILE), "w") as f:
+                json.dump(keras.saving.serialize_keras_object(model.backbone), f, indent=2,
+                          default=str)
+        return _train(task, model, optimizer, schedule, distribution, chief)
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def _train(task, model, optimizer, schedule, distribution, chief):
+    from trainers.core import loop
+
+    fv = task.flags
+    model_dir = fv.model_dir
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest is None:
+        task.initialize_from_pretrained(model)
+    train_ds = task.train_dataset(fv.global_batch_size)
+    iterator = iter(train_ds) if fv.checkpoint_iterator else None
+    checkpointer = Checkpointer(model, optimizer, iterator, model_dir, fv.keep_checkpoints,
+                                chief)
+    step = 0
+    if latest is not None:
+        step = checkpointer.restore(latest)
+        logging.info("Resumed from %s at step %d.", latest, step)
+    if iterator is None:
+        iterator = iter(train_ds.skip(step))
+    eval_ds = task.eval_dataset(fv.global_batch_size)
+    trainer = Trainer(task, model, optimizer, distribution, fv.global_clipnorm)
+    state = trainer.state()
+    log = ProgressLog(model_dir, chief, fv.train_steps, fv.global_batch_size)
+    start_step = step
+    last_saved = step if latest is not None else None
+    eval_metrics = {}
+    log.start(step)
+    while step < fv.train_steps:
+        count = min(fv.steps_per_loop, fv.train_steps - step)
+        host = [_numpy(next(iterator)) for _ in range(count)]
+        batches = trainer.device_batch(
+            jax.tree_util.tree_map(lambda *rows: np.stack(rows), *host), stacked=True)
+        loop_start = time.perf_counter()
+        state, (losses, sums, grad_norms) = trainer.train(state, batches)
+        loop_end = time.perf_counter()
+        for i in range(count):
+            loss, grad_norm = float(losses[i]), float(grad_norms[i])
+            # A non-finite gradient has made the weights non-finite: nothing of this loop is
+            # saved, and the device state is dropped.
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                kept = checkpointer.manager.latest_checkpoint or "none was written yet"
+                raise loop.NonFiniteLossError(
+                    f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at "
+                    f"step {step + i + 1}; stopped without saving this step. The last good "
+                    f"checkpoint is kept: {kept}. Lower --learning_rate, raise --warmup_steps "
+                    "or set --global_clipnorm, then restart from it.")
+        for i in range(count):
+            done = step + i + 1
+            log.accumulate({key: float(value[i]) for key, value in sums.items()})
+            if done % fv.log_every == 0 or done in (start_step + 1, fv.train_steps):
+                # Steps inside one call finish at evenly spread times, for steps/s.
+                finished = loop_start + (loop_end - loop_start) * (i + 1) / count
+                log.write(done, float(losses[i]), float(schedule(done - 1)),
+                          float(grad_norms[i]), task.metrics, now=finished)
+        previous, step = step, step + count
+
+        def crossed(every):
+            return every and step // every > previous // every
+
+        if crossed(fv.checkpoint_every) or step == fv.train_steps:
+            trainer.set_state(state)
+            state = trainer.state()
+            checkpointer.save(step)
+            last_saved = step
+        if crossed(fv.eval_every) and step != fv.train_steps:
+            trainer.set_state(state)
+            state = trainer.state()
+            eval_metrics = _evaluate(trainer, state, eval_ds, fv, log, step)
+            log.restart_clock()
+    trainer.set_state(state)
+    if step > start_step or not eval_metrics:
+        eval_metrics = _evaluate(trainer, trainer.state(), eval_ds, fv, log, step)
+    logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
+    if fv.export_dir and chief:
+        path = export_with_tensorflow(task, checkpointer.manager.latest_checkpoint or latest)
+        logging.info("Exported a SavedModel to %s", path)
+    log.close()
+    return eval_metrics
+
+
+def _evaluate(trainer, state, dataset, fv, log, step):
+    if dataset is None:
+        return {}
+    totals = {}
+    batches = 0
+    for batch in dataset:
+        sums = trainer.evaluate_batch(state, trainer.device_batch(_numpy(batch), stacked=False))
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + value
+        batches += 1
+        if fv.eval_steps and batches >= fv.eval_steps:
+            break
+    if not batches:
+        raise ValueError("The evaluation dataset yielded no batch.")
+    metrics = trainer.task.metrics(totals)
+    log.write_eval(step, metrics, batches)
+    return metrics
+
+
+def _trainer_module(task):
+    module = sys.modules[type(task).__module__]
+    spec = getattr(module, "__spec__", None)  # `python -m trainers.x` runs it as __main__
+    return spec.name if spec is not None else module.__name__
+
+
+def export_with_tensorflow(task, checkpoint_path):
+    """Writes the task's SavedModel from a child process on the TensorFlow backend.
+
+    The child parses this run's flags file, rebuilds the task's model (`prepare` reads the
+    vocabulary and configs the run left in MODEL_DIR), reads the weights from the checkpoint
+    and calls `task.export`: the export is the one a TensorFlow-trained model gives. Returns
+    the SavedModel's path.
+    """
+    fv = task.flags
+    command = [sys.executable, "-m", "trainers.core.jax_loop", _trainer_module(task),
+               os.path.join(fv.model_dir, flags_lib.FLAGS_FILE), checkpoint_path]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"--export_dir: the TensorFlow export process failed "
+                           f"(exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _export_main(argv):
+    """`python -m trainers.core.jax_loop TRAINER_MODULE FLAGS_FILE CHECKPOINT` (TF backend)."""
+    import importlib
+
+    from absl import flags
+
+    from trainers.core.task import Task
+
+    module_name, flags_file, checkpoint_path = argv[1:]
+    module = importlib.import_module(module_name)
+    module.define_flags()
+    fv = flags.FLAGS
+    fv([argv[0], f"--flagfile={flags_file}", "--strategy=default"])
+    task_class, = [value for value in vars(module).values()
+                   if isinstance(value, type) and issubclass(value, Task) and value is not Task
+                   and value.__module__ == module.__name__]
+    task = task_class(fv)
+    task.prepare(fv.model_dir, False)
+    if fv.mixed_precision != "float32":
+        keras.config.set_dtype_policy(fv.mixed_precision)
+    model = task.build_model()
+    reader = tf.train.Checkpoint(model=checkpoints.model_tree(model))
+    reader.restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
+    print(task.export(model, fv.export_dir))
+
+
+if __name__ == "__main__":
+    _export_main(sys.argv)

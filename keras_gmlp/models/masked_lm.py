@@ -31,8 +31,8 @@ class GMLPMaskedLM(FunctionalModel):
     _nested_model_args = ("backbone",)
 
     def __init__(self, backbone, **kwargs):
-        self.backbone = backbone
-        self.mlm_head = keras_hub.layers.MaskedLMHead(
+        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
+        mlm_head = keras_hub.layers.MaskedLMHead(
             vocabulary_size=backbone.vocabulary_size,
             token_embedding=backbone.token_embedding,
             intermediate_activation="gelu",  # Keras' gelu is the exact (erf) form
@@ -50,8 +50,10 @@ class GMLPMaskedLM(FunctionalModel):
             "mask_positions": keras.Input(shape=(None,), dtype="int32", name="mask_positions"),
         }
         sequence = backbone(backbone.input)
-        logits = self.mlm_head(sequence, mask_positions=inputs["mask_positions"])
+        logits = mlm_head(sequence, mask_positions=inputs["mask_positions"])
         super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
+        self.backbone = backbone
+        self.mlm_head = mlm_head
         self._remember_config(backbone=backbone)
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):

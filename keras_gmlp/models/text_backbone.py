@@ -56,17 +56,19 @@ class GMLPBackbone(FunctionalModel):
         dtype=None,
         **kwargs,
     ):
-        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
+        # Layers are locals until keras.Model.__init__ has run: the PyTorch backend cannot
+        # track a module assigned to an uninitialised torch.nn.Module.
+        token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size,
             hidden_dim,
             embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             dtype=dtype,
             name="token_embedding",
         )
-        self.embeddings_dropout = keras.layers.Dropout(
+        embeddings_dropout = keras.layers.Dropout(
             dropout, dtype=dtype, name="embeddings_dropout"
         )
-        self.blocks = [
+        blocks = [
             GMLPBlock(
                 hidden_dim,
                 ffn_dim,
@@ -81,22 +83,26 @@ class GMLPBackbone(FunctionalModel):
             )
             for i in range(num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
+        final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
         )
 
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        x = self.embeddings_dropout(self.token_embedding(token_ids))
-        for block in self.blocks:
+        x = embeddings_dropout(token_embedding(token_ids))
+        for block in blocks:
             x = block(x, padding_mask=padding_mask)
-        x = self.final_norm(x)
+        x = final_norm(x)
         super().__init__(
             inputs={"token_ids": token_ids, "padding_mask": padding_mask},
             outputs=x,
             dtype=dtype,
             **kwargs,
         )
+        self.token_embedding = token_embedding
+        self.embeddings_dropout = embeddings_dropout
+        self.blocks = blocks
+        self.final_norm = final_norm
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim

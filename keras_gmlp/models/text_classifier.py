@@ -26,15 +26,19 @@ class GMLPTextClassifier(FunctionalModel):
     def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-        self.backbone = backbone
+        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
         policy = backbone.dtype_policy
-        self.pooler = MaskedMeanPooling(dtype=policy, name="pooler")
-        self.head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
-        self.head = keras.layers.Dense(num_classes, dtype=policy, name="head")
+        pooler = MaskedMeanPooling(dtype=policy, name="pooler")
+        head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+        head = keras.layers.Dense(num_classes, dtype=policy, name="head")
         inputs = backbone.input
-        pooled = self.pooler(backbone(inputs), padding_mask=inputs["padding_mask"])
-        logits = self.head(self.head_dropout(pooled))
+        pooled = pooler(backbone(inputs), padding_mask=inputs["padding_mask"])
+        logits = head(head_dropout(pooled))
         super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
+        self.backbone = backbone
+        self.pooler = pooler
+        self.head_dropout = head_dropout
+        self.head = head
         self.num_classes = num_classes
         self._remember_config(backbone=backbone, num_classes=num_classes, dropout=dropout)
 

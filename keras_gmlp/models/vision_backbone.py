@@ -66,15 +66,16 @@ class GMLPVisionBackbone(FunctionalModel):
             )
         num_patches = (height // patch_size) * (width // patch_size)
 
-        self.rescaling = None
+        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
+        rescaling = None
         if include_rescaling:
-            self.rescaling = keras.layers.Rescaling(
+            rescaling = keras.layers.Rescaling(
                 1.0 / 127.5, offset=-1.0, dtype=dtype, name="rescaling"
             )
-        self.patch_embedding = PatchEmbedding(
+        patch_embedding = PatchEmbedding(
             patch_size, hidden_dim, dtype=dtype, name="patch_embedding"
         )
-        self.blocks = [
+        blocks = [
             GMLPBlock(
                 hidden_dim,
                 ffn_dim,
@@ -87,17 +88,21 @@ class GMLPVisionBackbone(FunctionalModel):
             )
             for i in range(num_layers)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
+        final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
         )
 
         images = keras.Input(shape=image_shape, name="images")
-        x = images if self.rescaling is None else self.rescaling(images)
-        x = self.patch_embedding(x)
-        for block in self.blocks:
+        x = images if rescaling is None else rescaling(images)
+        x = patch_embedding(x)
+        for block in blocks:
             x = block(x)
-        x = self.final_norm(x)
+        x = final_norm(x)
         super().__init__(inputs=images, outputs=x, dtype=dtype, **kwargs)
+        self.rescaling = rescaling
+        self.patch_embedding = patch_embedding
+        self.blocks = blocks
+        self.final_norm = final_norm
         self.image_shape = image_shape
         self.patch_size = patch_size
         self.num_layers = num_layers

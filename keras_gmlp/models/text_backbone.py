@@ -5,6 +5,7 @@ import keras_hub
 
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import TEXT_PRESETS
 from keras_gmlp.models.presets import get_preset
 
@@ -40,6 +41,8 @@ class GMLPBackbone(FunctionalModel):
     outputs = backbone({"token_ids": ids, "padding_mask": ids != 0})
     ```
     """
+
+    get_layout_map = staticmethod(get_layout_map)  # keras-hub's Backbone API
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ import keras
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import VISION_PRESETS
 from keras_gmlp.models.presets import get_preset
 
@@ -36,6 +37,8 @@ class GMLPVisionBackbone(FunctionalModel):
     Input: `(batch, height, width, channels)` images.
     Output: `(batch, num_patches, hidden_dim)`.
     """
+
+    get_layout_map = staticmethod(get_layout_map)  # keras-hub's Backbone API
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ what differs is what JAX does natively:
 - One `jax.jit` computes the loss of the whole global batch (sum over the batch / global
   weight, as the TF loop's all-reduced normaliser gives); XLA's SPMD partitioner inserts the
   collectives, so there is no hand-written all-reduce.
-- `--steps_per_loop=N` runs N steps in one call, a `jax.lax.scan` over N stacked batches; the
+- `--steps_per_loop=N` runs N steps in one call, a `jax.lax.fori_loop` over N stacked batches; the
   per-step losses come back stacked, so logs, metrics.jsonl and the NaN check still see every
   step, at the loop boundary. Checkpoints, evaluation and export happen at loop boundaries.
 - Batches come from the same tf.data pipeline as numpy arrays (as keras-hub feeds JAX). Each
@@ -90,6 +90,15 @@ def data_parallel_size(distribution):
     return mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)]
 
 
+def describe_layout(model):
+    """One line: how many of the model's weights (and their values) are split over devices."""
+    split = [v for v in model.weights if any(v.value.sharding.spec)]
+    values = sum(math.prod(v.shape) for v in model.weights)
+    split_values = sum(math.prod(v.shape) for v in split)
+    return (f"{len(split)} of {len(model.weights)} weights split over devices "
+            f"({split_values / max(values, 1):.0%} of the parameters)")
+
+
 def _backbone_class(task):
     from keras_gmlp import models
 
@@ -124,9 +133,14 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------
     def state(self):
-        return ([v.value for v in self.model.trainable_variables],
-                [v.value for v in self.model.non_trainable_variables],
-                [v.value for v in self.optimizer.variables])
+        """(trainable, non-trainable, optimizer) values, as the compiled loop takes them."""
+        state = ([v.value for v in self.model.trainable_variables],
+                 [v.value for v in self.model.non_trainable_variables],
+                 [v.value for v in self.optimizer.variables])
+        if self.distribution is None:
+            # Committed to the device like the loop's outputs, or the second call recompiles.
+            state = jax.device_put(state, jax.devices()[0])
+        return state
 
     def set_state(self, state):
         trainable, non_trainable, optimizer_values = state
@@ -176,22 +190,43 @@ class Trainer:
         sums = {key: keras.ops.cast(value, "float32") for key, value in sums.items()}
         return (trainable, non_trainable, optimizer_values), (loss, sums, grad_norm)
 
-    def _train_loop(self, state, batches):
-        """`len(batches)` steps in one call; per-step (loss, sums, grad_norm) stacked."""
-        return jax.lax.scan(self._train_step, state, batches)
+    def _train_loop(self, state, batches, count):
+        """`count` steps over the first `count` of the stacked `batches`, in one call.
+
+        `count` is traced, so one compilation serves a shorter last loop (its padding
+        batches are never read). Returns the state and per-step (loss, sums, grad_norm)
+        stacked, with zeros past `count`.
+        """
+        def batch_at(i):
+            return jax.tree_util.tree_map(
+                lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), batches)
+
+        size = jax.tree_util.tree_leaves(batches)[0].shape[0]
+        shapes = jax.eval_shape(self._train_step, state, batch_at(0))[1]
+        outputs = jax.tree_util.tree_map(
+            lambda s: jax.numpy.zeros((size,) + s.shape, s.dtype), shapes)
+
+        def body(i, carry):
+            state, outputs = carry
+            state, step_outputs = self._train_step(state, batch_at(i))
+            outputs = jax.tree_util.tree_map(lambda o, v: o.at[i].set(v), outputs,
+                                             step_outputs)
+            return state, outputs
+
+        return jax.lax.fori_loop(0, count, body, (state, outputs))
 
     def _eval_step(self, state, batch):
         trainable, non_trainable, _ = state
         _, _, sums, _ = self._loss_terms(trainable, non_trainable, batch, training=False)
         return {key: keras.ops.cast(value, "float32") for key, value in sums.items()}
 
-    def lower_train_loop(self, state, batches):
+    def lower_train_loop(self, state, batches, count):
         """The jitted loop lowered for these arguments (for inspecting its HLO)."""
-        return self._train.lower(state, batches)
+        return self._train.lower(state, batches, np.int32(count))
 
-    def train(self, state, batches):
-        """Runs len(batches) steps; returns the new state and host numpy (loss, sums, norm)."""
-        state, outputs = self._train(state, batches)
+    def train(self, state, batches, count):
+        """Runs `count` steps; returns the new state and host numpy (loss, sums, norm)."""
+        state, outputs = self._train(state, batches, np.int32(count))
         return state, jax.tree_util.tree_map(np.asarray, jax.device_get(outputs))
 
     def evaluate_batch(self, state, batch):
@@ -257,6 +292,13 @@ def _to_host(value):
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+def load_model_weights(model, checkpoint_path):
+    """Reads every variable of `model` from a trainer checkpoint (either loop's), by key."""
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    for key, variable in zip(checkpoints.checkpoint_keys(model.variables), model.variables):
+        variable.assign(reader.get_tensor(f"model/{key}/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
 class Checkpointer:
@@ -349,6 +391,10 @@ def run(task):
         optimizer = optimization.make_optimizer(fv, schedule)
         optimizer.build(model.trainable_variables)
         logging.info("Model %s: %s parameters.", model.name, f"{model.count_params():,}")
+        if distribution is not None:
+            logging.info("Mesh %s: %s", dict(zip(distribution.device_mesh.axis_names,
+                                                 distribution.device_mesh.shape)),
+                         describe_layout(model))
         if chief and hasattr(model, "backbone"):
             with tf.io.gfile.GFile(os.path.join(model_dir, loop.MODEL_CONFIG_FILE), "w") as f:
                 json.dump(keras.saving.serialize_keras_object(model.backbone), f, indent=2,
@@ -387,10 +433,11 @@ def _train(task, model, optimizer, schedule, distribution, chief):
     while step < fv.train_steps:
         count = min(fv.steps_per_loop, fv.train_steps - step)
         host = [_numpy(next(iterator)) for _ in range(count)]
+        host += [jax.tree_util.tree_map(np.zeros_like, host[0])] * (fv.steps_per_loop - count)
         batches = trainer.device_batch(
             jax.tree_util.tree_map(lambda *rows: np.stack(rows), *host), stacked=True)
         loop_start = time.perf_counter()
-        state, (losses, sums, grad_norms) = trainer.train(state, batches)
+        state, (losses, sums, grad_norms) = trainer.train(state, batches, count)
         loop_end = time.perf_counter()
         for i in range(count):
             loss, grad_norm = float(losses[i]), float(grad_norms[i])

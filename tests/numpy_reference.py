@@ -31,8 +31,8 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def spatial_gating_unit(x, w, b, gamma, beta, eps=1e-5, mask=None, causal=False, gate_bias=None):
-    """out[m] = u[m] * (sum_j W[m, j] LN(v)[j] + b[m] (+ gate_bias[m]))."""
+def spatial_gating_unit(x, w, b, gamma, beta, eps=1e-5, mask=None, causal=False, attention=None):
+    """out[m] = u[m] * (sum_j W[m, j] LN(v)[j] + b[m] (+ attention[m]))."""
     n = x.shape[1]
     u, v = np.split(x, 2, axis=-1)
     v = layer_norm(v, gamma, beta, eps)
@@ -42,8 +42,8 @@ def spatial_gating_unit(x, w, b, gamma, beta, eps=1e-5, mask=None, causal=False,
     if causal:
         w = np.tril(w)
     out = np.einsum("mj,bjd->bmd", w, v) + b[:n, None]
-    if gate_bias is not None:
-        out = out + gate_bias
+    if attention is not None:
+        out = out + attention
     return u * out
 
 
@@ -64,15 +64,15 @@ def tiny_attention(x, wqkv, bqkv, wo, bo, dim, mask=None, causal=False):
 def gmlp_block(x, p, eps=1e-6, gate_eps=1e-5, mask=None, causal=False, attention_dim=None):
     """x + Dense_d(SGU(GELU(Dense_ffn(LN(x))), attn(LN(x))))."""
     h = layer_norm(x, p["norm_gamma"], p["norm_beta"], eps)
-    gate_bias = None
+    attention = None
     if attention_dim:
-        gate_bias = tiny_attention(
+        attention = tiny_attention(
             h, p["wqkv"], p["bqkv"], p["wo"], p["bo"], attention_dim, mask=mask, causal=causal
         )
     z = gelu(dense(h, p["w1"], p["b1"]))
     z = spatial_gating_unit(
         z, p["w_spatial"], p["b_spatial"], p["gate_gamma"], p["gate_beta"], gate_eps,
-        mask=mask, causal=causal, gate_bias=gate_bias,
+        mask=mask, causal=causal, attention=attention,
     )
     return x + dense(z, p["w2"], p["b2"])
 

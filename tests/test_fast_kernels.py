@@ -10,31 +10,8 @@ import tensorflow as tf
 import numpy_reference as ref
 from keras_gmlp.layers import GMLPBlock
 from keras_gmlp.layers import SpatialGatingUnit
-from keras_gmlp.layers import fusion_disabled
-from keras_gmlp.layers.gelu import gelu_exact
-from keras_gmlp.layers.layer_norm import FastLayerNormalization
-
-
-def test_gelu_forward_and_gradient_match_autodiff_of_the_erf_formula(rng):
-    x = tf.constant(rng.normal(scale=3.0, size=(4, 7, 16)).astype("float32"))
-    upstream = tf.constant(rng.normal(size=(4, 7, 16)).astype("float32"))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        fast = gelu_exact(x)
-        reference = keras.activations.gelu(x, approximate=False)
-    # 1 + erf(x / sqrt 2) cancels in float32 for x << 0 (PyTorch's formula does the same): the
-    # far negative tail is right to about 1e-6 absolute, not relative.
-    np.testing.assert_allclose(fast, ref.gelu(x.numpy()), rtol=1e-5, atol=2e-6)
-    np.testing.assert_allclose(
-        tape.gradient(fast, x, upstream), tape.gradient(reference, x, upstream), rtol=1e-5, atol=1e-6
-    )
-
-
-def test_gelu_keeps_bfloat16_dtype():
-    x = tf.constant([[-1.0, 0.5, 2.0]], tf.bfloat16)
-    out = gelu_exact(x)
-    assert out.dtype == tf.bfloat16
-    np.testing.assert_allclose(tf.cast(out, tf.float32), ref.gelu(np.array([[-1.0, 0.5, 2.0]])), rtol=1e-2)
+from keras_gmlp.kernels import FastLayerNormalization
+from keras_gmlp.kernels import disabled as fusion_disabled
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 8), (6, 8)])
@@ -69,23 +46,9 @@ def test_fast_layer_norm_falls_back_for_other_axes(rng):
     assert FastLayerNormalization.from_config(fast.get_config()).axis == fast.axis
 
 
-def test_bias_gelu_gradients_match_autodiff(rng):
-    x = tf.constant(rng.normal(scale=2.0, size=(3, 5, 12)).astype("float32"))
-    bias = tf.constant(rng.normal(size=12).astype("float32"))
-    upstream = tf.constant(rng.normal(size=(3, 5, 12)).astype("float32"))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, bias])
-        fast = gelu_exact(x, bias)
-        reference = keras.activations.gelu(x + bias, approximate=False)
-    np.testing.assert_allclose(fast, ref.gelu((x + bias).numpy()), rtol=1e-5, atol=2e-6)
-    for got, expected in zip(tape.gradient(fast, [x, bias], upstream),
-                             tape.gradient(reference, [x, bias], upstream)):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("with_gate_bias", [False, True])
-def test_spatial_gating_unit_gradients_match_autodiff_of_the_equations(rng, with_mask, with_gate_bias):
+@pytest.mark.parametrize("with_attention", [False, True])
+def test_spatial_gating_unit_gradients_match_autodiff_of_the_equations(rng, with_mask, with_attention):
     batch, n, channels = 2, 6, 8
     sgu = SpatialGatingUnit(n)
     sgu.build((batch, n, 2 * channels))
@@ -96,7 +59,7 @@ def test_spatial_gating_unit_gradients_match_autodiff_of_the_equations(rng, with
     x = tf.constant(rng.normal(loc=1.0, scale=2.0, size=(batch, n, 2 * channels)).astype("float32"))
     mask = tf.constant([[1] * n, [1] * (n - 2) + [0] * 2]) if with_mask else None
     gate_bias = (tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
-                 if with_gate_bias else None)
+                 if with_attention else None)
     upstream = tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
     weights = [sgu.spatial_kernel, sgu.spatial_bias, sgu.norm.gamma, sgu.norm.beta]
 
@@ -114,7 +77,7 @@ def test_spatial_gating_unit_gradients_match_autodiff_of_the_equations(rng, with
 
     sources = [x] + weights + ([gate_bias] if gate_bias is not None else [])
     results = []
-    for fn in (lambda: sgu(x, padding_mask=mask, gate_bias=gate_bias), equations):
+    for fn in (lambda: sgu(x, padding_mask=mask, attention=gate_bias), equations):
         with tf.GradientTape() as tape:
             tape.watch([x] + ([gate_bias] if gate_bias is not None else []))
             out = fn()
@@ -144,9 +107,11 @@ def test_fused_and_plain_kernels_agree_on_an_amlp_block(rng, policy):
     fused = tf.function(step)(x)
     with fusion_disabled():
         plain = tf.function(step)(x)
-    tolerance = 1e-5 if policy == "float32" else 3e-2
     for got, want in zip(fused, plain):
-        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+        if policy == "float32":
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        else:  # the plain path rounds GELU and the gate to bfloat16, the kernels compute them in float32
+            assert np.linalg.norm(got - want) <= 2e-2 * np.linalg.norm(want)
 
 
 def _layer_norm_equation(x, gamma, beta, epsilon):

@@ -1,10 +1,23 @@
+"""GMLPBlock against the paper's equations in NumPy, on both of its paths: the plain keras.ops
+and (on the TensorFlow CPU backend) the fused kernels."""
+
+import contextlib
+
 import keras
 import numpy as np
 import pytest
 
 import numpy_reference as ref
+from keras_gmlp import kernels
 from keras_gmlp.layers import GMLPBlock
 from weights import load_block
+
+
+@pytest.fixture(autouse=True, params=["kernels", "plain"])
+def path(request):
+    """Runs each test on the layer's fast path (where `kernels.active()`) and its plain path."""
+    with kernels.disabled() if request.param == "plain" else contextlib.nullcontext():
+        yield request.param
 
 N, D, FFN, DIM = 10, 8, 16, 4
 
@@ -65,7 +78,7 @@ def test_bad_arguments_raise():
         GMLPBlock(8, 15, 4)
     with pytest.raises(ValueError, match="drop_path_rate"):
         GMLPBlock(8, 16, 4, drop_path_rate=1.0)
-    with pytest.raises(ValueError, match="hidden_dim=8"):
+    with pytest.raises(ValueError, match=r"expected 8 channels \(hidden_dim\)"):
         GMLPBlock(8, 16, 4)(np.zeros((1, 4, 6), "float32"))
 
 

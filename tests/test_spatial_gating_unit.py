@@ -1,10 +1,23 @@
+"""SpatialGatingUnit against the paper's equations in NumPy, on both of its paths: the plain
+keras.ops and (on the TensorFlow CPU backend) the fused kernels."""
+
+import contextlib
+
 import keras
 import numpy as np
 import pytest
 
 import numpy_reference as ref
+from keras_gmlp import kernels
 from keras_gmlp.layers import SpatialGatingUnit
 from weights import load_sgu
+
+
+@pytest.fixture(autouse=True, params=["kernels", "plain"])
+def path(request):
+    """Runs each test on the layer's fast path (where `kernels.active()`) and its plain path."""
+    with kernels.disabled() if request.param == "plain" else contextlib.nullcontext():
+        yield request.param
 
 N, FFN = 12, 16
 
@@ -35,14 +48,14 @@ def test_matches_numpy_equations(rng, causal, masked):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_gate_bias_is_added_before_the_product(rng):
+def test_attention_is_added_before_the_product(rng):
     sgu, p = make_sgu(rng)
     x = rng.normal(size=(2, N, FFN)).astype("float32")
-    extra = rng.normal(size=(2, N, FFN // 2)).astype("float32")
+    attention = rng.normal(size=(2, N, FFN // 2)).astype("float32")
     expected = ref.spatial_gating_unit(
-        x, p["w_spatial"], p["b_spatial"], p["gate_gamma"], p["gate_beta"], gate_bias=extra
+        x, p["w_spatial"], p["b_spatial"], p["gate_gamma"], p["gate_beta"], attention=attention
     )
-    np.testing.assert_allclose(sgu(x, gate_bias=extra), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sgu(x, attention=attention), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_at_initialisation_returns_u(rng):
@@ -123,7 +136,7 @@ def test_too_long_input_raises_naming_both_lengths():
 
 
 def test_odd_channels_raise():
-    with pytest.raises(ValueError, match="must be even"):
+    with pytest.raises(ValueError, match="even number of channels"):
         SpatialGatingUnit(8)(np.zeros((1, 8, 5), "float32"))
 
 
@@ -141,11 +154,3 @@ def test_config_round_trip():
     assert keras.saving.get_registered_name(SpatialGatingUnit) == "keras_gmlp>SpatialGatingUnit"
     assert sgu.compute_output_shape((2, 10, 6)) == (2, 10, 3)
 
-
-def test_gate_halves_equals_call_and_rejects_mismatched_halves(rng):
-    sgu = SpatialGatingUnit(N)
-    x = rng.normal(size=(2, N, 8)).astype("float32")
-    sgu.build(x.shape)
-    np.testing.assert_allclose(sgu.gate_halves(x[..., :4], x[..., 4:]), sgu(x), rtol=1e-6)
-    with pytest.raises(ValueError, match=r"u \(2, 12, 4\) and v \(2, 12, 3\)"):
-        sgu.gate_halves(x[..., :4], x[..., 4:7])

@@ -18,7 +18,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_gmlp.layers.fusion import fusion_disabled
+from keras_gmlp.kernels import disabled as fusion_disabled
 from keras_gmlp.version import __version__
 
 METADATA_FILENAME = "keras_gmlp.json"

@@ -1,9 +1,12 @@
-"""keras_gmlp layers: the Spatial Gating Unit, gMLP/aMLP blocks and their helpers."""
+"""keras_gmlp layers: the Spatial Gating Unit, gMLP/aMLP blocks and their helpers.
 
-from keras_gmlp.layers.fusion import fusion_disabled
-from keras_gmlp.layers.gelu import gelu_exact
+The layers state the paper's math in plain keras.ops; their fast path on the TensorFlow CPU
+backend lives in `keras_gmlp.kernels`.
+"""
+
+from keras_gmlp.kernels import FastLayerNormalization
+from keras_gmlp.kernels import disabled as fusion_disabled  # the name before keras_gmlp.kernels
 from keras_gmlp.layers.gmlp_block import GMLPBlock
-from keras_gmlp.layers.layer_norm import FastLayerNormalization
 from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
@@ -17,5 +20,4 @@ __all__ = [
     "SpatialGatingUnit",
     "TinyAttention",
     "fusion_disabled",
-    "gelu_exact",
 ]

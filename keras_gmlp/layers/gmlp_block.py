@@ -3,10 +3,15 @@
 import keras
 from keras import ops
 
-from keras_gmlp.layers.layer_norm import FastLayerNormalization
+from keras_gmlp import kernels
+from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
 from keras_gmlp.layers.tiny_attention import TinyAttention
+from keras_gmlp.validation import check
+from keras_gmlp.validation import check_positive_float
+from keras_gmlp.validation import check_positive_int
+from keras_gmlp.validation import check_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -53,27 +58,23 @@ class GMLPBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(ffn_dim, int) or ffn_dim < 2 or ffn_dim % 2:
-            raise ValueError(
-                f"`ffn_dim` must be an even int >= 2 (the SGU splits it in halves), got {ffn_dim!r}."
-            )
-        for name, rate in (("dropout", dropout), ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {rate!r}.")
-        self.hidden_dim = hidden_dim
-        self.ffn_dim = ffn_dim
-        self.sequence_length = sequence_length
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.ffn_dim = check_positive_int("ffn_dim", ffn_dim)
+        check(ffn_dim % 2 == 0, "ffn_dim", ffn_dim, "an even int (the SGU splits it in halves)")
+        self.sequence_length = check_positive_int("sequence_length", sequence_length)
+        if tiny_attention_dim is not None:
+            tiny_attention_dim = check_positive_int("tiny_attention_dim", tiny_attention_dim)
         self.tiny_attention_dim = tiny_attention_dim
-        self.dropout = dropout
-        self.drop_path_rate = drop_path_rate
+        self.dropout = check_rate("dropout", dropout)
+        self.drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
         self.causal = bool(causal)
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.gate_norm_epsilon = gate_norm_epsilon
+        self.layer_norm_epsilon = check_positive_float("layer_norm_epsilon", layer_norm_epsilon)
+        self.gate_norm_epsilon = check_positive_float("gate_norm_epsilon", gate_norm_epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.supports_masking = True
 
         policy = self.dtype_policy
-        self.norm = FastLayerNormalization(
+        self.norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm"
         )
         self.channel_projection_in = keras.layers.Dense(
@@ -112,11 +113,8 @@ class GMLPBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        if input_shape[-1] != self.hidden_dim:
-            raise ValueError(
-                f"{self.name} has hidden_dim={self.hidden_dim} but received inputs with "
-                f"{input_shape[-1]} channels (shape {input_shape})."
-            )
+        check(input_shape[-1] == self.hidden_dim, f"{self.name} input shape", input_shape,
+              f"{self.hidden_dim} channels (hidden_dim)")
         ffn_shape = input_shape[:-1] + (self.ffn_dim,)
         self.norm.build(input_shape)
         self.channel_projection_in.build(input_shape)
@@ -127,25 +125,26 @@ class GMLPBlock(keras.layers.Layer):
 
     def call(self, inputs, padding_mask=None, training=None, mask=None):
         padding_mask = resolve_padding_mask(padding_mask, mask)
-        x = self.norm(inputs)
-        gate_bias = None
-        if self.tiny_attention is not None:
-            gate_bias = self.tiny_attention(x, padding_mask=padding_mask)
-        # The first projection as two matmuls, one per SGU half; its bias and GELU run inside the
-        # SGU's fused kernels, so its d_ffn-wide output is never split, joined or stored whole.
-        # The Dense layer keeps the weights (columns [:ffn_dim // 2] make u, the rest v).
-        kernel = ops.cast(self.channel_projection_in.kernel, x.dtype)
-        u_kernel, v_kernel = ops.split(kernel, 2, axis=-1)
-        x = self.spatial_gating_unit.gate_halves(
-            ops.matmul(x, u_kernel),
-            ops.matmul(x, v_kernel),
-            padding_mask=padding_mask,
-            gate_bias=gate_bias,
-            activation_biases=ops.split(self.channel_projection_in.bias, 2),
-        )
+        check_sequence_length(self.name, inputs.shape[-2], self.sequence_length)
+        if kernels.active() and self._projection_is_plain():
+            # The same math in fused kernels (keras_gmlp.kernels.gmlp_block).
+            x = kernels.gmlp_block_gating(self, inputs, padding_mask=padding_mask)
+        else:
+            x = self.norm(inputs)
+            attention = None
+            if self.tiny_attention is not None:
+                attention = self.tiny_attention(x, padding_mask=padding_mask)
+            x = ops.gelu(self.channel_projection_in(x), approximate=False)
+            x = self.spatial_gating_unit(x, padding_mask=padding_mask, attention=attention)
         x = self.channel_projection_out(x)
         x = self.output_dropout(x, training=training)
         return inputs + self.drop_path(x, training=training)
+
+    def _projection_is_plain(self):
+        # The kernels read `channel_projection_in`'s float kernel and bias themselves; a
+        # quantized or LoRA-enabled Dense computes something else, so it takes the plain path.
+        dense = self.channel_projection_in
+        return dense.quantization_mode is None and not dense.lora_enabled
 
     def compute_mask(self, inputs, mask=None):
         return mask

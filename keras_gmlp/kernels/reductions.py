@@ -1,7 +1,7 @@
 """Reductions placed where the CPU runs them fast.
 
 XLA's CPU backend is slow at both kinds of reduction the layers need, so the
-fused kernels (keras_gmlp.layers.fusion) avoid its reduce loops:
+fused kernels (keras_gmlp.kernels.fusion) avoid its reduce loops:
 
 - Over the channel axis (LayerNorm statistics), it emits a scalar loop
   (floating-point addition is not reassociated, so it is not vectorised).

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -118,7 +120,7 @@ def test_preset_parameter_counts_follow_the_equations():
     assert backbone.count_params() == expected(4, 128, 512)
     amlp = GMLPBackbone.from_preset("amlp_base", num_layers=2)
     assert amlp.count_params() == expected(2, 512, 3072, attn=64)
-    with pytest.raises(ValueError, match="Unknown preset 'gmlp_huge'"):
+    with pytest.raises(ValueError, match="`preset`='gmlp_huge': expected one of the named configurations"):
         GMLPBackbone.from_preset("gmlp_huge")
 
 
@@ -159,3 +161,79 @@ def test_amlp_presets_have_the_counts_of_the_corrected_reference():
     # with d_attn 128.
     assert _preset_parameters("amlp_base") == 108_573_952
     assert _preset_parameters("amlp_large") == 315_571_200
+
+
+TEXT_KW = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=D, ffn_dim=FFN, sequence_length=N)
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("num_layers", -2, "a positive int"),  # was a backbone of 0 blocks
+    ("layer_norm_epsilon", -1, "a finite float > 0"),  # was NaN outputs
+    ("vocabulary_size", 0, "a positive int"),
+    ("sequence_length", 2.5, "a positive int"),
+    ("ffn_dim", 31, "an even int >= 2"),
+    ("tiny_attention_dim", 0, "a positive int"),
+    ("dropout", 1.5, "a float in [0, 1)"),
+    ("causal", "yes", "True or False"),
+    ("dtype", "float33", "a dtype policy"),
+    ("dropuot", 0.5, "no such argument of GMLPBackbone"),  # was silently ignored
+])
+def test_backbone_rejects_bad_arguments_before_building(name, value, expected, monkeypatch):
+    from keras_gmlp.models import text_backbone
+
+    def no_layers(*args, **kwargs):
+        raise AssertionError("a layer was built before the arguments were checked")
+
+    monkeypatch.setattr(text_backbone, "GMLPBlock", no_layers)
+    kwargs = {**TEXT_KW, name: value}
+    message = re.escape(f"`{name}`={value!r}: expected ") + ".*" + re.escape(expected)
+    with pytest.raises(ValueError, match=message):
+        GMLPBackbone.validate_arguments(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        GMLPBackbone(**kwargs)
+
+
+def test_validate_arguments_requires_the_required_arguments():
+    kwargs = dict(TEXT_KW)
+    del kwargs["ffn_dim"]
+    with pytest.raises(ValueError, match=r"`ffn_dim`='<missing>': expected a value"):
+        GMLPBackbone.validate_arguments(**kwargs)
+
+
+@pytest.mark.parametrize("preset", sorted(TEXT_PRESETS))
+def test_text_presets_pass_validate_arguments(preset):
+    GMLPBackbone.validate_arguments(**TEXT_PRESETS[preset])
+
+
+def test_from_preset_rejects_unknown_override():
+    with pytest.raises(ValueError, match=r"`foo`=3: expected no such argument of GMLPBackbone"):
+        GMLPBackbone.from_preset("gmlp_tiny", foo=3)
+
+
+def test_keras_file_with_unknown_config_key_is_rejected(tmp_path):
+    import json
+    import zipfile
+
+    path = tmp_path / "backbone.keras"
+    small_backbone().save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    config["config"]["dropuot"] = 0.5
+    files["config.json"] = json.dumps(config).encode()
+    edited = tmp_path / "edited.keras"
+    with zipfile.ZipFile(edited, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match=r"`dropuot`=0.5: expected no such argument"):
+        keras.saving.load_model(edited)
+
+
+def test_text_tasks_reject_a_vision_backbone():
+    from keras_gmlp.models import GMLPVisionBackbone
+
+    vision = GMLPVisionBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1, hidden_dim=8, ffn_dim=8)
+    with pytest.raises(ValueError, match="`backbone`='<GMLPVisionBackbone>': expected a GMLPBackbone"):
+        GMLPTextClassifier(vision, 2)
+    with pytest.raises(ValueError, match="`backbone`='<GMLPVisionBackbone>': expected a GMLPBackbone"):
+        GMLPMaskedLM(vision)

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -46,5 +48,50 @@ def test_presets_have_timms_parameter_counts(preset):
 
 
 def test_bad_image_shape_raises():
-    with pytest.raises(ValueError, match="divisible by `patch_size`=16"):
+    with pytest.raises(ValueError, match=r"`image_shape`=\(100, 100, 3\): expected height and width multiples of `patch_size`=16"):
         GMLPVisionBackbone.from_preset("gmlp_ti16_224", image_shape=(100, 100, 3))
+
+
+VISION_KW = dict(image_shape=(16, 16, 3), patch_size=4, num_layers=2, hidden_dim=8, ffn_dim=16)
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("patch_size", 0, "a positive int"),  # was ZeroDivisionError
+    ("num_layers", -2, "a positive int"),  # was a backbone of 0 blocks
+    ("layer_norm_epsilon", -1.0, "a finite float > 0"),  # was NaN outputs
+    ("ffn_dim", 15, "an even int >= 2"),
+    ("drop_path_rate", 1.0, "a float in [0, 1)"),
+    ("image_shape", (16, 16), "three positive ints"),
+    ("include_rescaling", "no", "True or False"),
+    ("dtype", "float33", "a dtype policy"),
+    ("dropuot", 0.5, "no such argument of GMLPVisionBackbone"),
+])
+def test_vision_backbone_rejects_bad_arguments_before_building(name, value, expected, monkeypatch):
+    from keras_gmlp.models import vision_backbone
+
+    def no_layers(*args, **kwargs):
+        raise AssertionError("a layer was built before the arguments were checked")
+
+    monkeypatch.setattr(vision_backbone, "PatchEmbedding", no_layers)
+    monkeypatch.setattr(vision_backbone, "GMLPBlock", no_layers)
+    kwargs = {**VISION_KW, name: value}
+    message = re.escape(f"`{name}`={value!r}: expected ") + ".*" + re.escape(expected)
+    with pytest.raises(ValueError, match=message):
+        GMLPVisionBackbone.validate_arguments(**kwargs)
+    with pytest.raises(ValueError, match=f"`{name}`="):
+        GMLPVisionBackbone(**kwargs)
+
+
+@pytest.mark.parametrize("preset", ["gmlp_tiny4_32", "gmlp_ti16_224", "gmlp_s16_224", "gmlp_b16_224"])
+def test_vision_presets_pass_validate_arguments(preset):
+    from keras_gmlp.models.presets import VISION_PRESETS
+
+    GMLPVisionBackbone.validate_arguments(**VISION_PRESETS[preset])
+
+
+def test_image_classifier_rejects_a_text_backbone():
+    from keras_gmlp.models import GMLPBackbone
+
+    text = GMLPBackbone(vocabulary_size=10, num_layers=1, hidden_dim=8, ffn_dim=8, sequence_length=4)
+    with pytest.raises(ValueError, match="`backbone`='<GMLPBackbone>': expected a GMLPVisionBackbone"):
+        GMLPImageClassifier(text, 2)

@@ -1,52 +1,127 @@
-"""Shared plumbing for keras_gmlp's functional models."""
+"""Shared plumbing of keras_gmlp's models: keras-hub base classes plus named configurations.
+
+Backbones are `keras_hub.models.Backbone`s and tasks are keras-hub tasks, so keras-hub's
+generic entry points (`keras_hub.models.Backbone.from_preset(dir)`,
+`keras_hub.models.TextClassifier.from_preset(dir, num_classes=...)`, `save_to_preset`,
+`keras_hub.upload_preset`) work on them. On top of keras-hub, `from_preset` on a keras_gmlp
+class also accepts the name of one of the paper's configurations (`presets.py`): such a name
+carries no weights, so it builds a freshly initialised model, with overrides.
+"""
+
+
+import os
 
 import keras
+import keras_hub
 
+from keras_gmlp import validation
+from keras_gmlp.models import arguments
 from keras_gmlp.version import __version__
 
 
-class FunctionalModel(keras.Model):
-    """A functional `keras.Model` whose config is its constructor arguments.
+class BackboneBase(keras_hub.models.Backbone):
+    """A keras-hub `Backbone` whose config is its constructor arguments plus the version.
 
-    Subclasses build their graph in `__init__`, call
-    `super().__init__(inputs=..., outputs=..., **kwargs)` and then
-    `self._remember_config(...)` with every constructor argument, as
-    keras-hub's backbones do. Nested models are serialized with
-    `keras.saving.serialize_keras_object` and listed in
-    `_nested_model_args` so `from_config` revives them.
+    Subclasses set `named_presets` ({name: constructor arguments}) and implement
+    `validate_arguments(**kwargs)`.
     """
 
-    _nested_model_args = ()
-
-    def _remember_config(self, **config):
-        self._constructor_config = config
+    named_presets = {}
 
     def get_config(self):
-        # The version travels in every .keras file, so a saved model can be traced to its code.
-        config = {"name": self.name, "trainable": self.trainable, "keras_gmlp_version": __version__}
-        for key, value in self._constructor_config.items():
-            if key in self._nested_model_args:
-                value = keras.saving.serialize_keras_object(value)
-            config[key] = value
-        return config
+        # The version travels in every config, so a saved model can be traced to its code.
+        return {**super().get_config(), arguments.VERSION_KEY: __version__}
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A preset directory or hub handle (keras-hub's loader), or a named configuration.
+
+        Args:
+            preset: a directory written by `save_to_preset`, a `kaggle://` / `hf://` handle,
+                or a name in `cls.named_presets` (random initialisation; `load_weights` is
+                then irrelevant).
+            load_weights: load the preset's weights (directories and handles).
+            **kwargs: constructor arguments overriding the preset's (named configurations:
+                any argument; directories: `dtype` and, for images, `image_shape`, as
+                keras-hub forwards them).
+        """
+        if isinstance(preset, str) and preset in cls.named_presets:
+            return cls(**{**cls.named_presets[preset], **kwargs})
+        check_preset_location(preset, cls.named_presets)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+
+def task_arguments(task_cls):
+    """Names `task_cls.__init__` takes itself (the rest of a named preset's kwargs go to the
+    backbone)."""
+    required, optional = arguments.signature_arguments(task_cls)
+    return set(required) | set(optional) | {"name", "compile"}
+
+
+class TaskMixin:
+    """What every keras_gmlp task adds to its keras-hub task base class."""
+
+    def get_config(self):
+        return {**super().get_config(), arguments.VERSION_KEY: __version__}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config.pop("keras_gmlp_version", None)
-        for key in cls._nested_model_args:
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        config.pop(arguments.VERSION_KEY, None)
+        return super().from_config(config)
 
     def compile_from_config(self, config):
-        # Keras skips compiling on load when `compile` is overridden (ours adds defaults); the
-        # saved config names every argument explicitly, so calling our compile is faithful.
+        # Keras skips compiling on load when `compile` is overridden (keras-hub tasks add
+        # defaults); the saved config names every argument explicitly, so calling ours is
+        # faithful.
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built:
             self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A preset directory or hub handle (keras-hub's loader), or a named configuration.
+
+        With a named configuration (`cls.backbone_cls.named_presets`), keyword arguments the
+        task's constructor takes (`num_classes`, `dropout`, `preprocessor`, ...) go to the
+        task and all others override the backbone's configuration; there is no tokenizer,
+        so the task has no preprocessor unless one is passed. With a directory,
+        `num_classes` gives a freshly initialised head (keras-hub's rule).
+        """
+        if isinstance(preset, str) and preset in cls.backbone_cls.named_presets:
+            own = task_arguments(cls)
+            task_kwargs = {k: v for k, v in kwargs.items() if k in own}
+            backbone_kwargs = {k: v for k, v in kwargs.items() if k not in own}
+            backbone = cls.backbone_cls.from_preset(preset, **backbone_kwargs)
+            return cls(backbone=backbone, **task_kwargs)
+        check_preset_location(preset, cls.backbone_cls.named_presets)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+
+def check_preset_location(preset, named_presets):
+    """A bare word that is neither a named configuration nor a directory: say what exists
+    (keras-hub would report a missing config.json)."""
+    if isinstance(preset, str) and "://" not in preset and not os.path.exists(preset):
+        validation.check(False, "preset", preset,
+                         f"one of the named configurations {sorted(named_presets)}, a preset "
+                         "directory written by save_to_preset, or a kaggle:// or hf:// handle")
+
+
+def check_task_kwargs(task_cls, kwargs):
+    """Rejects keyword arguments no keras-hub task takes (keras.Model would ignore them)."""
+    for name in kwargs:
+        validation.check(name in ("name", "trainable", "dtype", "compile"), name, kwargs[name],
+                         f"no such argument of {task_cls.__name__}; it takes "
+                         f"{sorted(task_arguments(task_cls))}")
+
+
+def check_backbone(task_cls, backbone, backbone_cls, what):
+    validation.check(isinstance(backbone, backbone_cls), "backbone", f"<{type(backbone).__name__}>",
+                     f"a {backbone_cls.__name__} ({what})")
 
 
 def float32_logits(x, name="logits"):
     """Casts the head's output to float32 so losses are stable under mixed precision."""
     return keras.layers.Activation("linear", dtype="float32", name=name)(x)
+
+

@@ -1,16 +1,27 @@
 """Image classification on a gMLP vision backbone."""
 
 import keras
+import keras_hub
 
+from keras_gmlp import validation
 from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models import arguments
+from keras_gmlp.models import recipe
+from keras_gmlp.models.base import TaskMixin
+from keras_gmlp.models.base import check_backbone
+from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
 from keras_gmlp.models.vision_backbone import GMLPVisionBackbone
+from keras_gmlp.version import __version__
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPImageClassifier(FunctionalModel):
+class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
     """Mean-pools a `GMLPVisionBackbone` over patches and classifies (timm's head).
+
+    keras-hub's `ImageClassifier` pools a 4-D feature map; a gMLP backbone returns tokens
+    `(batch, num_patches, hidden_dim)`, so this head mean-pools the tokens itself (as
+    keras-hub's ViT classifier does) and builds its own layers.
 
     Input: `(batch, height, width, channels)` images in [0, 255] (with the
     backbone's default `include_rescaling=True`).
@@ -19,7 +30,9 @@ class GMLPImageClassifier(FunctionalModel):
     Args:
         backbone: a `GMLPVisionBackbone`.
         num_classes: int, number of classes.
-        dropout: float, dropout before the classification layer.
+        preprocessor: optional keras-hub image preprocessor.
+        dropout: float, dropout before the classification layer (timm's 0.0).
+        compile: compile with the recipe's defaults (see `compile`).
 
     Example:
     ```python
@@ -28,39 +41,41 @@ class GMLPImageClassifier(FunctionalModel):
     ```
     """
 
-    _nested_model_args = ("backbone",)
+    backbone_cls = GMLPVisionBackbone
+    preprocessor_cls = None
 
-    def __init__(self, backbone, num_classes, dropout=0.0, **kwargs):
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
+    def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.0, **kwargs):
+        kwargs.pop("keras_gmlp_version", None)
+        check_backbone(type(self), backbone, GMLPVisionBackbone, "images in, patch tokens out")
+        validation.check_positive_int("num_classes", num_classes)
+        validation.check_rate("dropout", dropout)
+        check_task_kwargs(type(self), kwargs)
         policy = backbone.dtype_policy
-        pooler = MaskedMeanPooling(dtype=policy, name="pooler")
-        head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
-        head = keras.layers.Dense(num_classes, dtype=policy, name="head")
-        images = backbone.input
-        logits = head(head_dropout(pooler(backbone(images))))
-        super().__init__(inputs=images, outputs=float32_logits(logits), **kwargs)
         self.backbone = backbone
-        self.pooler = pooler
-        self.head_dropout = head_dropout
-        self.head = head
+        self.preprocessor = preprocessor
+        self.pooler = MaskedMeanPooling(dtype=policy, name="pooler")
+        self.head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+        self.head = keras.layers.Dense(num_classes, dtype=policy, name="head")
+        images = backbone.input
+        logits = self.head(self.head_dropout(self.pooler(backbone(images))))
+        # keras-hub's ImageClassifier.__init__ would build a 2-D pooling head; skip to Task's.
+        keras_hub.models.Task.__init__(self, inputs=images, outputs=float32_logits(logits), **kwargs)
         self.num_classes = num_classes
-        self._remember_config(backbone=backbone, num_classes=num_classes, dropout=dropout)
+        self.dropout = dropout
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """`keras.Model.compile` with AdamW(1e-3, wd 0.05), cross-entropy on logits, accuracy."""
+    def get_config(self):
+        # keras_hub.models.Task.get_config; ImageClassifier's adds pooling/activation we lack.
+        config = keras_hub.models.Task.get_config(self)
+        return {**config, arguments.VERSION_KEY: __version__,
+                "num_classes": self.num_classes, "dropout": self.dropout}
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """`keras.Model.compile` with keras_gmlp's recipe: AdamW(1e-3, weight decay 0.05, none
+        on LayerNorm and biases), sparse cross-entropy on logits and accuracy."""
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.05)
+            optimizer = recipe.task_optimizer("image_classifier")
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            loss = recipe.classification_loss()
         if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            metrics = recipe.accuracy_metrics()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    @classmethod
-    def from_preset(cls, preset, num_classes=1000, dropout=0.0, **backbone_overrides):
-        """A classifier on `GMLPVisionBackbone.from_preset(preset, **backbone_overrides)`."""
-        return cls(
-            GMLPVisionBackbone.from_preset(preset, **backbone_overrides), num_classes, dropout
-        )

@@ -3,14 +3,18 @@
 import keras
 import keras_hub
 
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models import recipe
+from keras_gmlp.models.base import TaskMixin
+from keras_gmlp.models.base import check_backbone
+from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
 from keras_gmlp.models.text_backbone import GMLPBackbone
+from keras_gmlp.models.text_preprocessors import GMLPMaskedLMPreprocessor
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPMaskedLM(FunctionalModel):
-    """A `GMLPBackbone` with a masked-LM head tied to its token embedding.
+class GMLPMaskedLM(TaskMixin, keras_hub.models.MaskedLM):
+    """A `GMLPBackbone` with a masked-LM head tied to its token embedding (a keras-hub task).
 
     The head (keras-hub's `MaskedLMHead`: dense, GELU, LayerNorm, then the
     transposed input embedding) is evaluated only at `mask_positions`.
@@ -19,20 +23,28 @@ class GMLPMaskedLM(FunctionalModel):
     `mask_positions`, `(batch, num_masked)` int indices into the sequence.
     Output: float32 logits `(batch, num_masked, vocabulary_size)`.
 
-    Train with `(inputs, mask_ids, mask_weights)` batches, as produced by
-    `keras_hub.layers.MaskedLMMaskGenerator`: `mask_weights` is the sample
-    weight, so padded mask slots count neither in the loss nor in the
-    default `weighted_metrics`.
+    With a `preprocessor` (`GMLPMaskedLMPreprocessor`), `fit` takes raw strings and masks
+    them on the fly. Without one, train with `(inputs, mask_ids, mask_weights)` batches, as
+    `keras_gmlp.data.mlm_dataset` produces: `mask_weights` is the sample weight, so padded mask
+    slots count neither in the loss nor in the default `weighted_metrics`.
 
     Args:
         backbone: a `GMLPBackbone`.
+        preprocessor: optional `GMLPMaskedLMPreprocessor`.
+        compile: compile with the recipe's defaults (see `compile`).
     """
 
-    _nested_model_args = ("backbone",)
+    backbone_cls = GMLPBackbone
+    preprocessor_cls = GMLPMaskedLMPreprocessor
 
-    def __init__(self, backbone, **kwargs):
-        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
-        mlm_head = keras_hub.layers.MaskedLMHead(
+    def __init__(self, backbone, preprocessor=None, **kwargs):
+        kwargs.pop("keras_gmlp_version", None)
+        check_backbone(type(self), backbone, GMLPBackbone, "token ids in, one vector per token out")
+        check_task_kwargs(type(self), kwargs)
+        # keras-hub's Task.__setattr__ lets these be set before keras.Model.__init__ on torch.
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.mlm_head = keras_hub.layers.MaskedLMHead(
             vocabulary_size=backbone.vocabulary_size,
             token_embedding=backbone.token_embedding,
             intermediate_activation="gelu",  # Keras' gelu is the exact (erf) form
@@ -50,31 +62,20 @@ class GMLPMaskedLM(FunctionalModel):
             "mask_positions": keras.Input(shape=(None,), dtype="int32", name="mask_positions"),
         }
         sequence = backbone(backbone.input)
-        logits = mlm_head(sequence, mask_positions=inputs["mask_positions"])
+        logits = self.mlm_head(sequence, mask_positions=inputs["mask_positions"])
         super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
-        self.backbone = backbone
-        self.mlm_head = mlm_head
-        self._remember_config(backbone=backbone)
 
-    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
-        """`keras.Model.compile` with masked-LM defaults.
+    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):
+        """`keras.Model.compile` with keras_gmlp's recipe (`keras_gmlp.models.recipe`).
 
-        "auto" gives AdamW(1e-4), sparse cross-entropy on logits averaged
-        over the sum of the sample weights (BERT's normalisation: padded mask
-        slots count neither in the numerator nor in the denominator), and a
-        sample-weighted accuracy.
+        "auto" gives AdamW(1e-4, weight decay 0.01, none on LayerNorm and biases), sparse
+        cross-entropy on logits averaged over the sum of the sample weights (BERT's
+        normalisation), and a sample-weighted accuracy.
         """
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(1e-4, weight_decay=0.01)
+            optimizer = recipe.task_optimizer("masked_lm")
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight"
-            )
+            loss = recipe.masked_lm_loss()
         if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            weighted_metrics = recipe.accuracy_metrics()
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
-
-    @classmethod
-    def from_preset(cls, preset, **backbone_overrides):
-        """A masked LM on `GMLPBackbone.from_preset(preset, **backbone_overrides)`."""
-        return cls(GMLPBackbone.from_preset(preset, **backbone_overrides))

@@ -3,15 +3,16 @@
 import keras
 import keras_hub
 
+from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models import arguments
+from keras_gmlp.models.base import BackboneBase
 from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import TEXT_PRESETS
-from keras_gmlp.models.presets import get_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPBackbone(FunctionalModel):
+class GMLPBackbone(BackboneBase):
     """A stack of gMLP blocks over token embeddings, with no position embeddings.
 
     The Spatial Gating Units carry position, so inputs need no position ids.
@@ -30,7 +31,8 @@ class GMLPBackbone(FunctionalModel):
             decayed linearly to 0 at the first.
         causal: bool, each position only reads earlier ones.
         layer_norm_epsilon: float, epsilon of block and final LayerNorms.
-        dtype: optional dtype policy for all layers (e.g. "mixed_bfloat16").
+        dtype: optional dtype policy (e.g. "mixed_bfloat16") of every layer and of the model
+            itself (`backbone.dtype_policy`, which the tasks' heads and loss scaling follow).
 
     Inputs: `{"token_ids": (batch, n) int, "padding_mask": (batch, n) int/bool}`.
     Output: `(batch, n, hidden_dim)`.
@@ -39,9 +41,11 @@ class GMLPBackbone(FunctionalModel):
     ```python
     backbone = keras_gmlp.models.GMLPBackbone.from_preset("gmlp_tiny", vocabulary_size=1000)
     outputs = backbone({"token_ids": ids, "padding_mask": ids != 0})
+    backbone.save_to_preset("my_preset")  # keras_hub.models.Backbone.from_preset("my_preset")
     ```
     """
 
+    named_presets = TEXT_PRESETS
     get_layout_map = staticmethod(get_layout_map)  # keras-hub's Backbone API
 
     def __init__(
@@ -59,6 +63,21 @@ class GMLPBackbone(FunctionalModel):
         dtype=None,
         **kwargs,
     ):
+        kwargs.pop(arguments.VERSION_KEY, None)
+        self.validate_arguments(
+            vocabulary_size=vocabulary_size,
+            num_layers=num_layers,
+            hidden_dim=hidden_dim,
+            ffn_dim=ffn_dim,
+            sequence_length=sequence_length,
+            tiny_attention_dim=tiny_attention_dim,
+            dropout=dropout,
+            drop_path_rate=drop_path_rate,
+            causal=causal,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            **kwargs,
+        )
         # Layers are locals until keras.Model.__init__ has run: the PyTorch backend cannot
         # track a module assigned to an uninitialised torch.nn.Module.
         token_embedding = keras_hub.layers.ReversibleEmbedding(
@@ -102,6 +121,7 @@ class GMLPBackbone(FunctionalModel):
             dtype=dtype,
             **kwargs,
         )
+        # Backbone.token_embedding is a property (keras-hub's run_backbone_test embeds with it).
         self.token_embedding = token_embedding
         self.embeddings_dropout = embeddings_dropout
         self.blocks = blocks
@@ -113,21 +133,51 @@ class GMLPBackbone(FunctionalModel):
         self.sequence_length = sequence_length
         self.tiny_attention_dim = tiny_attention_dim
         self.causal = causal
-        self._remember_config(
-            vocabulary_size=vocabulary_size,
-            num_layers=num_layers,
-            hidden_dim=hidden_dim,
-            ffn_dim=ffn_dim,
-            sequence_length=sequence_length,
-            tiny_attention_dim=tiny_attention_dim,
-            dropout=dropout,
-            drop_path_rate=drop_path_rate,
-            causal=causal,
-            layer_norm_epsilon=layer_norm_epsilon,
-            dtype=dtype,
-        )
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "ffn_dim": self.ffn_dim,
+            "sequence_length": self.sequence_length,
+            "tiny_attention_dim": self.tiny_attention_dim,
+            "dropout": self.dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "causal": self.causal,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Builds the backbone of a text preset (see `presets.TEXT_PRESETS`), with overrides."""
-        return cls(**{**get_preset(preset, TEXT_PRESETS), **overrides})
+    def validate_arguments(cls, **kwargs):
+        """Raises ValueError naming the first bad constructor argument, its value and what was
+        expected: unknown names, missing required ones, and out-of-range values. Builds nothing.
+
+        `GMLPBackbone.validate_arguments(**kwargs)` passing means `GMLPBackbone(**kwargs)` gets
+        past every argument check.
+        """
+        kwargs = dict(kwargs)
+        kwargs.pop(arguments.VERSION_KEY, None)
+        arguments.check_known_arguments(cls, kwargs)
+        checks = {
+            "vocabulary_size": validation.check_positive_int,
+            "num_layers": validation.check_positive_int,
+            "hidden_dim": validation.check_positive_int,
+            "ffn_dim": lambda name, value: arguments.check_even_positive_int(
+                name, value, "the Spatial Gating Unit splits it in halves"),
+            "sequence_length": validation.check_positive_int,
+            "tiny_attention_dim": arguments.check_optional_positive_int,
+            "dropout": validation.check_rate,
+            "drop_path_rate": validation.check_rate,
+            "causal": arguments.check_bool,
+            "layer_norm_epsilon": validation.check_positive_float,
+            "dtype": lambda name, value: arguments.check_dtype(value),
+            "name": lambda name, value: arguments.check_name(value),
+            "trainable": arguments.check_bool,
+        }
+        for name, value in kwargs.items():
+            checks[name](name, value)

@@ -1,58 +1,74 @@
 """Sequence classification on a gMLP backbone (e.g. SST-2, MNLI fine-tuning)."""
 
 import keras
+import keras_hub
 
+from keras_gmlp import validation
 from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models import recipe
+from keras_gmlp.models.base import TaskMixin
+from keras_gmlp.models.base import check_backbone
+from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
 from keras_gmlp.models.text_backbone import GMLPBackbone
+from keras_gmlp.models.text_preprocessors import GMLPTextClassifierPreprocessor
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPTextClassifier(FunctionalModel):
-    """Mean-pools a `GMLPBackbone` over real tokens and classifies.
+class GMLPTextClassifier(TaskMixin, keras_hub.models.TextClassifier):
+    """Mean-pools a `GMLPBackbone` over real tokens and classifies (a keras-hub task).
 
-    Inputs: the backbone's `token_ids` and `padding_mask`.
+    Inputs: the backbone's `token_ids` and `padding_mask`, or raw strings with a
+    `preprocessor` (`GMLPTextClassifierPreprocessor`).
     Output: float32 logits `(batch, num_classes)`.
 
     Args:
         backbone: a `GMLPBackbone` (pretrained weights are kept).
         num_classes: int, number of classes.
-        dropout: float, dropout before the classification layer.
+        preprocessor: optional `GMLPTextClassifierPreprocessor`.
+        dropout: float, dropout before the classification layer (BERT's 0.1).
+        compile: compile with the recipe's defaults (see `compile`).
+
+    Example:
+    ```python
+    classifier = keras_hub.models.TextClassifier.from_preset("my_preset", num_classes=2)
+    classifier.fit(["a fine film", "a dull film"], [1, 0])
+    ```
     """
 
-    _nested_model_args = ("backbone",)
+    backbone_cls = GMLPBackbone
+    preprocessor_cls = GMLPTextClassifierPreprocessor
 
-    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-        # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
+    def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.1, **kwargs):
+        kwargs.pop("keras_gmlp_version", None)
+        check_backbone(type(self), backbone, GMLPBackbone, "token ids in, one vector per token out")
+        validation.check_positive_int("num_classes", num_classes)
+        validation.check_rate("dropout", dropout)
+        check_task_kwargs(type(self), kwargs)
         policy = backbone.dtype_policy
-        pooler = MaskedMeanPooling(dtype=policy, name="pooler")
-        head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
-        head = keras.layers.Dense(num_classes, dtype=policy, name="head")
-        inputs = backbone.input
-        pooled = pooler(backbone(inputs), padding_mask=inputs["padding_mask"])
-        logits = head(head_dropout(pooled))
-        super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
+        # keras-hub's Task.__setattr__ lets these be set before keras.Model.__init__ on torch.
         self.backbone = backbone
-        self.pooler = pooler
-        self.head_dropout = head_dropout
-        self.head = head
+        self.preprocessor = preprocessor
+        self.pooler = MaskedMeanPooling(dtype=policy, name="pooler")
+        self.head_dropout = keras.layers.Dropout(dropout, dtype=policy, name="head_dropout")
+        self.head = keras.layers.Dense(num_classes, dtype=policy, name="head")
+        inputs = backbone.input
+        pooled = self.pooler(backbone(inputs), padding_mask=inputs["padding_mask"])
+        logits = self.head(self.head_dropout(pooled))
+        super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
         self.num_classes = num_classes
-        self._remember_config(backbone=backbone, num_classes=num_classes, dropout=dropout)
+        self.dropout = dropout
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """`keras.Model.compile` with AdamW(2e-5), sparse cross-entropy on logits and accuracy."""
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "dropout": self.dropout}
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """`keras.Model.compile` with keras_gmlp's recipe: AdamW(2e-5, weight decay 0.01, none
+        on LayerNorm and biases), sparse cross-entropy on logits and accuracy."""
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(2e-5, weight_decay=0.01)
+            optimizer = recipe.task_optimizer("text_classifier")
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            loss = recipe.classification_loss()
         if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            metrics = recipe.accuracy_metrics()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    @classmethod
-    def from_preset(cls, preset, num_classes, dropout=0.1, **backbone_overrides):
-        """A classifier on `GMLPBackbone.from_preset(preset, **backbone_overrides)`."""
-        return cls(GMLPBackbone.from_preset(preset, **backbone_overrides), num_classes, dropout)

@@ -2,16 +2,17 @@
 
 import keras
 
+from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
-from keras_gmlp.models.base import FunctionalModel
+from keras_gmlp.models import arguments
+from keras_gmlp.models.base import BackboneBase
 from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import VISION_PRESETS
-from keras_gmlp.models.presets import get_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
-class GMLPVisionBackbone(FunctionalModel):
+class GMLPVisionBackbone(BackboneBase):
     """The paper's vision gMLP, laid out like timm's `gmlp_*16_224`.
 
     Images are rescaled from [0, 255] to [-1, 1] (timm's mean = std = 0.5
@@ -32,12 +33,14 @@ class GMLPVisionBackbone(FunctionalModel):
             decayed linearly to 0 at the first (paper: 1 - survival prob).
         include_rescaling: bool, map [0, 255] pixels to [-1, 1] in the model.
         layer_norm_epsilon: float, epsilon of block and final LayerNorms (1e-6).
-        dtype: optional dtype policy for all layers.
+        dtype: optional dtype policy of every layer and of the model itself.
 
     Input: `(batch, height, width, channels)` images.
-    Output: `(batch, num_patches, hidden_dim)`.
+    Output: `(batch, num_patches, hidden_dim)`. The backbone has no `token_embedding` (None,
+    keras-hub's convention for image backbones).
     """
 
+    named_presets = VISION_PRESETS
     get_layout_map = staticmethod(get_layout_map)  # keras-hub's Backbone API
 
     def __init__(
@@ -54,19 +57,22 @@ class GMLPVisionBackbone(FunctionalModel):
         dtype=None,
         **kwargs,
     ):
-        image_shape = tuple(image_shape)
-        if len(image_shape) != 3 or any(
-            not isinstance(size, int) or size < 1 for size in image_shape
-        ):
-            raise ValueError(
-                f"`image_shape` must be (height, width, channels) positive ints, got {image_shape}."
-            )
+        kwargs.pop(arguments.VERSION_KEY, None)
+        self.validate_arguments(
+            image_shape=image_shape,
+            patch_size=patch_size,
+            num_layers=num_layers,
+            hidden_dim=hidden_dim,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            drop_path_rate=drop_path_rate,
+            include_rescaling=include_rescaling,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            **kwargs,
+        )
+        image_shape = tuple(int(size) for size in image_shape)
         height, width, _ = image_shape
-        if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"`image_shape` {image_shape} must have height and width divisible by "
-                f"`patch_size`={patch_size}."
-            )
         num_patches = (height // patch_size) * (width // patch_size)
 
         # Layers are locals until keras.Model.__init__ has run (see GMLPBackbone).
@@ -113,20 +119,60 @@ class GMLPVisionBackbone(FunctionalModel):
         self.ffn_dim = ffn_dim
         self.num_patches = num_patches
         self.include_rescaling = include_rescaling
-        self._remember_config(
-            image_shape=image_shape,
-            patch_size=patch_size,
-            num_layers=num_layers,
-            hidden_dim=hidden_dim,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            drop_path_rate=drop_path_rate,
-            include_rescaling=include_rescaling,
-            layer_norm_epsilon=layer_norm_epsilon,
-            dtype=dtype,
-        )
+        self.dropout = dropout
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_shape": self.image_shape,
+            "patch_size": self.patch_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "ffn_dim": self.ffn_dim,
+            "dropout": self.dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "include_rescaling": self.include_rescaling,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Builds a vision preset (see `presets.VISION_PRESETS`), with overrides."""
-        return cls(**{**get_preset(preset, VISION_PRESETS), **overrides})
+    def validate_arguments(cls, **kwargs):
+        """Raises ValueError naming the first bad constructor argument, its value and what was
+        expected: unknown names, missing required ones, out-of-range values, and an
+        `image_shape` whose height or width is not a multiple of `patch_size`. Builds nothing.
+        """
+        kwargs = dict(kwargs)
+        kwargs.pop(arguments.VERSION_KEY, None)
+        arguments.check_known_arguments(cls, kwargs)
+        checks = {
+            "image_shape": _check_image_shape,
+            "patch_size": validation.check_positive_int,
+            "num_layers": validation.check_positive_int,
+            "hidden_dim": validation.check_positive_int,
+            "ffn_dim": lambda name, value: arguments.check_even_positive_int(
+                name, value, "the Spatial Gating Unit splits it in halves"),
+            "dropout": validation.check_rate,
+            "drop_path_rate": validation.check_rate,
+            "include_rescaling": arguments.check_bool,
+            "layer_norm_epsilon": validation.check_positive_float,
+            "dtype": lambda name, value: arguments.check_dtype(value),
+            "name": lambda name, value: arguments.check_name(value),
+            "trainable": arguments.check_bool,
+        }
+        for name, value in kwargs.items():
+            checks[name](name, value)
+        if "image_shape" in kwargs and "patch_size" in kwargs:
+            height, width, _ = kwargs["image_shape"]
+            patch_size = kwargs["patch_size"]
+            validation.check(height % patch_size == 0 and width % patch_size == 0, "image_shape",
+                             tuple(kwargs["image_shape"]),
+                             f"height and width multiples of `patch_size`={patch_size}")
+
+
+def _check_image_shape(name, value):
+    validation.check(
+        isinstance(value, (tuple, list)) and len(value) == 3
+        and all(validation.is_int(size) and size >= 1 for size in value),
+        name, value, "(height, width, channels), three positive ints")

@@ -284,3 +284,47 @@ def test_export_gives_the_jax_models_outputs(runs, checks):
     assert served.shape == jax_logits.shape == (2, 5, 103)
     np.testing.assert_allclose(served.numpy(), jax_logits, atol=1e-5, rtol=1e-5)
     assert np.ptp(jax_logits) > 0.1
+
+
+def test_image_trainer_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model_dir = str(tmp_path / "nan")
+    returncode, output = _run(
+        "trainers.train_image_classifier",
+        [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
+         "--global_batch_size=16", "--train_steps=50", "--warmup_steps=0",
+         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1"],
+        expect_ok=False)
+    assert returncode == 3, output[-4000:]
+    assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
+    losses = _losses(model_dir)
+    bad_step = max(losses) + 1  # the failing step is never logged or saved
+    assert all(np.isfinite(list(losses.values())))
+    latest = tf.train.latest_checkpoint(model_dir)
+    assert latest.endswith(f"ckpt-{bad_step - 1}")
+    assert not os.path.exists(os.path.join(model_dir, f"ckpt-{bad_step}.index"))
+    for key, value in _model_values(latest).items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), key
+
+
+def test_finetuning_on_jax_restores_the_backbone_of_a_jax_pretraining_run(runs, tmp_path):
+    dirs, _, _ = runs
+    data = tmp_path / "train.tsv"
+    rows = ["sentence\tlabel"] + [f"{'good' if i % 2 else 'bad'} value number {i}\t{i % 2}"
+                                  for i in range(40)]
+    data.write_text("\n".join(rows) + "\n")
+    model_dir = str(tmp_path / "finetune")
+    # A zero learning rate keeps every weight (AdamW's decay is scaled by it too).
+    _run("trainers.finetune_text_classifier",
+         [f"--model_dir={model_dir}", f"--init_checkpoint={dirs['one']}", f"--data={data}",
+          "--global_batch_size=8", "--train_steps=1", "--warmup_steps=0", "--learning_rate=0",
+          "--eval_steps=1"])
+    pretrained = _model_values(tf.train.latest_checkpoint(dirs["one"]))
+    finetuned = _model_values(tf.train.latest_checkpoint(model_dir))
+    backbone_keys = [k for k in finetuned if not k.startswith(("model/head", "model/rng"))]
+    assert len(backbone_keys) == 13  # embeddings, 10 block variables, final norm gamma/beta
+    for key in backbone_keys:
+        np.testing.assert_array_equal(finetuned[key], pretrained[key], err_msg=key)
+    # Pretraining moved the SGU bias away from its initial ones, so a match is not by chance.
+    bias = "model/block_0__spatial_gating_unit__spatial_bias/.ATTRIBUTES/VARIABLE_VALUE"
+    assert not np.allclose(finetuned[bias], 1.0)

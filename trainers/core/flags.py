@@ -72,6 +72,11 @@ def define_common_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
                          "(e.g. 2 to try --strategy=mirrored on a laptop); 0 leaves it as is.",
                          flag_values=fv)
+    flags.DEFINE_bool("multi_host", False, "KERAS_BACKEND=jax: call keras.distribution."
+                      "initialize() (jax.distributed.initialize) first, on every host of a "
+                      "multi-host TPU slice (it finds the other hosts itself) or with "
+                      "KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID set.",
+                      flag_values=fv)
     flags.DEFINE_integer("steps_per_loop", 1, "Training steps per host call (one compiled loop "
                          "over N batches); checkpoints, logs, evaluation and the NaN check "
                          "happen at loop boundaries.", flag_values=fv)

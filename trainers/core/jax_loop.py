@@ -363,6 +363,8 @@ def run(task):
     fv = task.flags
     model_dir = fv.model_dir
     _set_cpu_devices(fv.num_cpu_devices)
+    if fv.multi_host:
+        keras.distribution.initialize()  # before anything asks JAX for its devices
     if fv.mixed_precision != "float32":
         keras.config.set_dtype_policy(fv.mixed_precision)
     distribution = make_distribution(fv.strategy, fv.model_parallel_size, _backbone_class(task))

@@ -6,6 +6,7 @@ character-level vocabulary; a constant rate after warmup makes the first steps' 
 rates independent of --train_steps, so short runs compare with the long baseline.
 """
 
+import glob
 import json
 import os
 import signal
@@ -18,8 +19,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401 (registers the ops of the export's tokenizer)
 
-from test_trainer_runs import _losses
-from test_trainer_runs import _model_values
+from trainer_processes import losses as _losses
+from trainer_processes import model_values as _model_values
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
@@ -87,8 +88,10 @@ def runs(tmp_path_factory, vocab_file):
     outputs = {}
     _, outputs["one"] = _run("trainers.pretrain_mlm", _mlm_args(dirs["one"], vocab_file,
                                                                 TRAIN_STEPS))
+    # One step per host call here; the other runs' loops end at the checkpoints (every 4).
     _, outputs["data"] = _run("trainers.pretrain_mlm", _mlm_args(
-        dirs["data"], vocab_file, COMPARED_STEPS, "--strategy=data_parallel"), devices=8)
+        dirs["data"], vocab_file, COMPARED_STEPS, "--strategy=data_parallel",
+        "--steps_per_loop=1"), devices=8)
     # 10 steps in loops of 4, 4 and 2: the last loop's padding must not change anything.
     _, outputs["model"] = _run("trainers.pretrain_mlm", _mlm_args(
         dirs["model"], vocab_file, COMPARED_STEPS, "--strategy=model_parallel",
@@ -286,25 +289,30 @@ def test_export_gives_the_jax_models_outputs(runs, checks):
     assert np.ptp(jax_logits) > 0.1
 
 
-def test_image_trainer_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_image_trainer_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path):
     model_dir = str(tmp_path / "nan")
     returncode, output = _run(
         "trainers.train_image_classifier",
         [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
-         "--global_batch_size=16", "--train_steps=50", "--warmup_steps=0",
-         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1"],
+         "--global_batch_size=16", "--train_steps=50", "--warmup_steps=5",
+         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1",
+         "--keep_checkpoints=50"],
         expect_ok=False)
     assert returncode == 3, output[-4000:]
     assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
     losses = _losses(model_dir)
     bad_step = max(losses) + 1  # the failing step is never logged or saved
-    assert all(np.isfinite(list(losses.values())))
+    # Warmup's first rate is 0, so step 2's update is the first to explode the weights.
+    assert 3 <= bad_step < 50 and all(np.isfinite(list(losses.values())))
+    # The checkpoint of the step before gave the non-finite loss: it was deleted.
+    assert "it was deleted" in output
     latest = tf.train.latest_checkpoint(model_dir)
-    assert latest.endswith(f"ckpt-{bad_step - 1}")
-    assert not os.path.exists(os.path.join(model_dir, f"ckpt-{bad_step}.index"))
-    for key, value in _model_values(latest).items():
-        if value.dtype.kind == "f":
-            assert np.all(np.isfinite(value)), key
+    assert latest.endswith(f"ckpt-{bad_step - 2}")
+    assert not os.path.exists(os.path.join(model_dir, f"ckpt-{bad_step - 1}.index"))
+    for index in glob.glob(os.path.join(model_dir, "ckpt-*.index")):
+        for key, value in _model_values(index[:-len(".index")]).items():
+            if value.dtype.kind == "f":
+                assert np.all(np.isfinite(value)), (index, key)
 
 
 def test_finetuning_on_jax_restores_the_backbone_of_a_jax_pretraining_run(runs, tmp_path):

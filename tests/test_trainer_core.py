@@ -1,6 +1,12 @@
-"""In-process tests of the trainers' core: flags, schedule, weight decay, strategy factory."""
+"""In-process tests of the trainers' core: flags, schedule, weight decay, strategy factory,
+the model_dir lock and checkpoint bookkeeping."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from unittest import mock
 
 import numpy as np
@@ -12,7 +18,9 @@ from keras_gmlp.models import GMLPMaskedLM
 from trainers import finetune_text_classifier
 from trainers import pretrain_mlm
 from trainers import train_image_classifier
+from trainers.core import checkpoints
 from trainers.core import flags as flags_lib
+from trainers.core import run_dir
 from trainers.core import optimization
 from trainers.core import strategy as strategy_lib
 
@@ -44,6 +52,21 @@ def _flag_values(define):
         (train_image_classifier.define_flags, "--label_smoothing=1.0", "--label_smoothing"),
         (finetune_text_classifier.define_flags, "--init_checkpoint=/no/such/dir",
          "--init_checkpoint"),
+        (pretrain_mlm.define_flags, "--seed=2147483648", "--seed"),
+        (pretrain_mlm.define_flags, "--learning_rate=inf", "--learning_rate"),
+        (pretrain_mlm.define_flags, "--learning_rate=1e39", "--learning_rate"),
+        (pretrain_mlm.define_flags, "--global_clipnorm=inf", "--global_clipnorm"),
+        (pretrain_mlm.define_flags, "--weight_decay=inf", "--weight_decay"),
+        (pretrain_mlm.define_flags, f"--export_dir={__file__}", "--export_dir"),
+        (pretrain_mlm.define_flags, f"--export_dir={__file__}/export", "--export_dir"),
+        (pretrain_mlm.define_flags, f"--model_dir={__file__}", "--model_dir"),
+        (train_image_classifier.define_flags, "--mixup_alpha=inf", "--mixup_alpha"),
+        (pretrain_mlm.define_flags, "--model_overrides=hidden_dim=abc", "`hidden_dim`='abc'"),
+        (pretrain_mlm.define_flags, "--model_overrides=ffn_dim=63", "`ffn_dim`=63"),
+        (pretrain_mlm.define_flags, "--model_overrides=dropout=2", "`dropout`=2"),
+        (pretrain_mlm.define_flags, "--model_overrides=num_layers=-3", "`num_layers`=-3"),
+        (pretrain_mlm.define_flags, "--model_overrides=dtype='float16'", "--mixed_precision"),
+        (train_image_classifier.define_flags, "--model_overrides=patch_size=0", "`patch_size`=0"),
     ],
 )
 def test_bad_flag_values_fail_naming_the_flag(define, argument, flag_name, tmp_path):
@@ -55,6 +78,32 @@ def test_bad_flag_values_fail_naming_the_flag(define, argument, flag_name, tmp_p
     with pytest.raises(flags.IllegalFlagValueError) as error:
         fv(["trainer", f"--model_dir={tmp_path}", *extra, argument])
     assert flag_name in str(error.value)
+
+
+def _pretraining_dir(path, vocabulary_size):
+    """What finetune_text_classifier reads from a pretrain_mlm model_dir, written by hand."""
+    path.mkdir()
+    (path / "model_config.json").write_text(json.dumps(
+        {"class_name": "GMLPBackbone", "config": {"vocabulary_size": vocabulary_size}}))
+    (path / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(vocabulary_size)))
+    (path / "ckpt-1.index").write_text("")
+    return path
+
+
+def test_finetuning_vocabulary_must_match_the_pretrained_backbone(tmp_path):
+    pretrained = _pretraining_dir(tmp_path / "mlm", 12)
+    (tmp_path / "x.tsv").write_text("a\t0\n")
+    (tmp_path / "vocab7.txt").write_text("".join(f"t{i}\n" for i in range(7)))
+    args = ["trainer", f"--model_dir={tmp_path / 'run'}", f"--data={tmp_path / 'x.tsv'}",
+            f"--init_checkpoint={pretrained}"]
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        _flag_values(finetune_text_classifier.define_flags)(
+            [*args, f"--vocab_file={tmp_path / 'vocab7.txt'}"])
+    assert "--vocab_file=" in str(error.value) and "7 tokens; expected the 12" in str(error.value)
+    _flag_values(finetune_text_classifier.define_flags)(args)  # its own vocab.txt fits
+    (pretrained / "vocab.txt").write_text("t0\nt1\n")  # damaged: found before training too
+    with pytest.raises(flags.IllegalFlagValueError, match="2 tokens; expected the 12"):
+        _flag_values(finetune_text_classifier.define_flags)(args)
 
 
 def test_good_flags_parse_and_model_dir_is_required(tmp_path):
@@ -164,3 +213,77 @@ def test_strategy_factory_errors_name_the_problem(monkeypatch):
         strategy_lib.make_strategy("multi_worker_mirrored")
     assert strategy_lib.make_strategy("default").num_replicas_in_sync == 1
     assert strategy_lib.make_strategy("one_device").num_replicas_in_sync == 1
+
+
+def test_model_dir_lock_is_exclusive_and_released(tmp_path):
+    first = run_dir.RunDirLock(str(tmp_path / "run")).acquire()
+    with pytest.raises(run_dir.RunDirLocked, match=f"in use by another trainer \\(pid {os.getpid()}"):
+        run_dir.RunDirLock(str(tmp_path / "run")).acquire()
+    first.release()
+    with run_dir.RunDirLock(str(tmp_path / "run")):
+        pass
+
+
+def test_model_dir_lock_through_gfile_takes_over_only_stale_locks():
+    model_dir = "ram://lock_test/run"
+    path = f"{model_dir}/{run_dir.LOCK_FILE}"
+    first = run_dir.RunDirLock(model_dir, heartbeat_s=3600).acquire()
+    with pytest.raises(run_dir.RunDirLocked, match=f"pid {os.getpid()}"):
+        run_dir.RunDirLock(model_dir).acquire()
+    first.release()
+    assert not tf.io.gfile.exists(path)
+    # A live holder's heartbeat moves on, so it is never taken for stale.
+    beating = run_dir.RunDirLock(model_dir, heartbeat_s=0.01).acquire()
+    with tf.io.gfile.GFile(path) as f:
+        started = json.load(f)["heartbeat"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with tf.io.gfile.GFile(path) as f:
+            if json.load(f)["heartbeat"] > started:
+                break
+    else:
+        raise AssertionError("the heartbeat never moved")
+    beating.release()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    holders = [
+        dict(host="elsewhere", pid=1, heartbeat=time.time()),  # live: refused
+        dict(host="elsewhere", pid=1, heartbeat=time.time() - 3600),  # no heartbeat for 1 h
+        dict(host=socket.gethostname(), pid=dead.pid, heartbeat=time.time()),  # holder died
+    ]
+    for index, holder in enumerate(holders):
+        run_dir.write_atomically(path, json.dumps(holder))  # ram:// appends on "w"
+        lock = run_dir.RunDirLock(model_dir, stale_after_s=600)
+        if index == 0:
+            with pytest.raises(run_dir.RunDirLocked, match="pid 1 on elsewhere"):
+                lock.acquire()
+            continue
+        lock.acquire()
+        with tf.io.gfile.GFile(path) as f:
+            assert json.load(f)["token"] == lock.token
+        lock.release()
+
+
+def test_partial_saves_are_removed_and_state_rewrites_keep_rotation(tmp_path):
+    variable = tf.Variable(1.0)
+    checkpoint = tf.train.Checkpoint(v=variable)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=10)
+    for step in (2, 4, 6):
+        manager.save(checkpoint_number=step)
+    (tmp_path / "ckpt-8_temp").mkdir()
+    (tmp_path / "ckpt-8_temp" / "part-00000-of-00001.index").write_text("")
+    assert run_dir.remove_partial_saves(str(tmp_path)) == ["ckpt-8_temp"]
+    assert not (tmp_path / "ckpt-8_temp").exists()
+    os.remove(tmp_path / "checkpoint")
+    assert run_dir.checkpoint_steps(str(tmp_path)) == [6, 4, 2]
+    run_dir.write_state(str(tmp_path), ["ckpt-2", "ckpt-4"])
+    # A CheckpointManager rotates the rewritten entries like its own.
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3)
+    manager.save(checkpoint_number=6)
+    manager.save(checkpoint_number=8)
+    assert run_dir.read_state(str(tmp_path)) == ["ckpt-4", "ckpt-6", "ckpt-8"]
+    assert not list(tmp_path.glob("ckpt-2.*"))
+    checkpoints.discard(str(tmp_path), str(tmp_path / "ckpt-8"))
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-6")
+    checkpoints.keep_newest(str(tmp_path), 1)
+    assert run_dir.read_state(str(tmp_path)) == ["ckpt-6"] and not list(tmp_path.glob("ckpt-4.*"))

@@ -1,23 +1,26 @@
-"""End-to-end trainer runs in fresh processes: strategies agree, resume after SIGKILL, NaN stop,
+"""End-to-end trainer runs in fresh processes: strategies agree, resume after SIGKILL,
 fine-tuning from a pretraining checkpoint, flags file, start-up flag errors.
+
+Faults (damaged model_dirs, concurrent runs, non-finite losses) are in test_trainer_faults.py.
 
 Each configuration needs its own process (logical CPU devices and TF_CONFIG must be set before
 TensorFlow initialises), so runs are shared through module-scoped fixtures and kept tiny.
 """
 
-import itertools
 import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from trainer_processes import losses as _losses
+from trainer_processes import model_values as _model_values
+from trainer_processes import run as _run
+from trainer_processes import start as _start
+
 TRAIN_STEPS = 60
 COMPARED_STEPS = 8
 # A constant rate after warmup makes the first steps' learning rates independent of
@@ -28,62 +31,6 @@ TINY_MLM = [
     "--learning_rate=2e-3", "--log_every=1", "--checkpoint_every=5", "--eval_steps=1",
     "--seed=3",
 ]
-
-
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
-
-
-class _Process:
-    """A trainer process whose output goes to a file (pipes could fill and block it)."""
-
-    def __init__(self, module, args, log_path, **env):
-        self.log_path = log_path
-        with open(log_path, "w") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
-                                          env=_env(**env), stdout=log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout=240):
-        self.popen.wait(timeout=timeout)
-        with open(self.log_path) as f:
-            return self.popen.returncode, f.read()
-
-
-_LOG_NUMBERS = itertools.count()
-
-
-def _start(module, args, **env):
-    """Starts `python -m module args`; its log is MODEL_DIR.<n>.log beside the model_dir."""
-    model_dir = next(a for a in args if a.startswith("--model_dir="))[len("--model_dir="):]
-    return _Process(module, args, f"{model_dir}.{next(_LOG_NUMBERS)}.log", **env)
-
-
-def _run(module, args, expect_ok=True, timeout=240, **env):
-    returncode, output = _start(module, args, **env).wait(timeout)
-    if expect_ok:
-        assert returncode == 0, output[-4000:]
-    return returncode, output
-
-
-def _losses(model_dir):
-    """{step: loss} from metrics.jsonl; a resumed run's line for a step replaces the old one."""
-    losses = {}
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if "loss" in record:
-                losses[record["step"]] = record["loss"]
-    return losses
-
-
-def _model_values(checkpoint_path):
-    reader = tf.train.load_checkpoint(checkpoint_path)
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("model/")}
 
 
 @pytest.fixture(scope="module")
@@ -190,27 +137,6 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(baseline, tmp_path):
     for key in reference:
         np.testing.assert_allclose(final[key], reference[key], rtol=1e-5, atol=1e-7,
                                    err_msg=key)
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    model_dir = str(tmp_path / "nan")
-    returncode, output = _run(
-        "trainers.train_image_classifier",
-        [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
-         "--global_batch_size=16", "--train_steps=50", "--warmup_steps=0",
-         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1"],
-        expect_ok=False)
-    assert returncode == 3, output[-4000:]
-    assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
-    losses = _losses(model_dir)
-    bad_step = max(losses) + 1  # the failing step is never logged, saved or applied to disk
-    assert all(np.isfinite(list(losses.values())))
-    latest = tf.train.latest_checkpoint(model_dir)
-    assert latest.endswith(f"ckpt-{bad_step - 1}")
-    assert not os.path.exists(os.path.join(model_dir, f"ckpt-{bad_step}.index"))
-    for key, value in _model_values(latest).items():
-        if value.dtype.kind == "f":
-            assert np.all(np.isfinite(value)), key
 
 
 def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path):

@@ -43,8 +43,7 @@ def _pretrain_dir(init_checkpoint):
 class TextClassificationTask(Task):
     """Cross-entropy over labels; accuracy."""
 
-    kind = flags_lib.TEXT
-    default_model = "gmlp_tiny"
+    default_model = flags_lib.DEFAULT_MODELS[flags_lib.TEXT]
 
     def prepare(self, model_dir, is_chief):
         fv = self.flags
@@ -55,10 +54,8 @@ class TextClassificationTask(Task):
                 self.backbone_kwargs["sequence_length"] = fv.sequence_length
             vocab_file = fv.vocab_file or os.path.join(source_dir, text.VOCAB_FILE)
             self.vocabulary = data.load_vocabulary(vocab_file)
-            if is_chief:
-                data.save_vocabulary(self.vocabulary, os.path.join(model_dir, text.VOCAB_FILE))
         else:
-            self.vocabulary = text.resolve_vocabulary(fv, model_dir, is_chief, None)
+            self.vocabulary = text.resolve_vocabulary(fv, model_dir, None)
             self.backbone_kwargs = text.backbone_kwargs(
                 fv, len(self.vocabulary), self.default_model)
         self.sequence_length = self.backbone_kwargs["sequence_length"]
@@ -69,6 +66,9 @@ class TextClassificationTask(Task):
         if fv.num_classes != self.num_classes:
             logging.warning("--num_classes=%d differs from the %d labels in --data; using %d.",
                             fv.num_classes, self.num_classes, self.num_classes)
+
+    def write_run_files(self, model_dir):
+        text.save_vocabulary(self.vocabulary, model_dir)
 
     def build_model(self):
         return GMLPTextClassifier(GMLPBackbone(**self.backbone_kwargs), self.num_classes,
@@ -142,6 +142,33 @@ def define_flags(fv=flags.FLAGS):
         message="--init_checkpoint or --vocab_file: one is required (the vocabulary comes from "
         "the pretraining model_dir, or from --vocab_file when training from scratch)",
         flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["init_checkpoint", "vocab_file"], _vocabulary_fits_backbone, flag_values=fv)
+
+
+def _vocabulary_fits_backbone(values):
+    """The vocabulary used with --init_checkpoint must be the size its backbone embeds."""
+    if not values["init_checkpoint"]:
+        return True
+    source_dir = _pretrain_dir(values["init_checkpoint"])
+    try:
+        config = text.load_backbone_config(source_dir)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise flags.ValidationError(str(error)) from None
+    vocab_file = values["vocab_file"] or os.path.join(source_dir, text.VOCAB_FILE)
+    try:
+        size = len(data.load_vocabulary(vocab_file))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise flags.ValidationError(f"vocabulary {vocab_file}: {error}") from None
+    expected = config.get("vocabulary_size")
+    if expected is not None and size != expected:
+        name = f"--vocab_file={vocab_file}" if values["vocab_file"] else vocab_file
+        raise flags.ValidationError(
+            f"{name}: {size} tokens; expected the {expected} tokens of the pretrained "
+            f"backbone in --init_checkpoint={values['init_checkpoint']} (its "
+            "model_config.json vocabulary_size), or leave --vocab_file unset to use its "
+            "vocab.txt.")
+    return True
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ HOLDOUT = 20
 class MaskedLMTask(Task):
     """Masked-LM pretraining: weighted cross-entropy over the mask slots."""
 
-    kind = flags_lib.TEXT
-    default_model = "gmlp_tiny"
+    default_model = flags_lib.DEFAULT_MODELS[flags_lib.TEXT]
 
     def prepare(self, model_dir, is_chief):
         fv = self.flags
@@ -45,10 +44,13 @@ class MaskedLMTask(Task):
             logging.info("No --data: pretraining on the default corpus, CPython's "
                          "pydoc_data.topics.")
         self.vocabulary = text.resolve_vocabulary(
-            fv, model_dir, is_chief, lambda: self._lines(fv.data, "train"))
+            fv, model_dir, lambda: self._lines(fv.data, "train"))
         self.backbone_kwargs = text.backbone_kwargs(fv, len(self.vocabulary), self.default_model)
         self.sequence_length = self.backbone_kwargs["sequence_length"]
         self.tokenizer = data.make_tokenizer(self.vocabulary, lowercase=fv.lowercase)
+
+    def write_run_files(self, model_dir):
+        text.save_vocabulary(self.vocabulary, model_dir)
 
     def build_model(self):
         return GMLPMaskedLM(GMLPBackbone(**self.backbone_kwargs))

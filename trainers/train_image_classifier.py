@@ -30,7 +30,6 @@ from trainers.core.task import Task
 class ImageClassificationTask(Task):
     """Softmax cross-entropy on int or soft (MixUp/CutMix/label-smoothed) labels; top-1/top-5."""
 
-    kind = flags_lib.VISION
     default_model = "gmlp_tiny4_32"
 
     def prepare(self, model_dir, is_chief):

@@ -7,10 +7,14 @@ Keying every variable by `variable.path` ("block_0/norm/gamma", "token_embedding
 makes a backbone's variables the same keys in a masked LM and in a classifier built on it.
 """
 
+import os
 import re
 
 import keras
 import tensorflow as tf
+from absl import logging
+
+from trainers.core import run_dir
 
 
 def variable_tree(variables):
@@ -66,3 +70,30 @@ def restore_backbone(backbone, checkpoint_path):
     status.expect_partial()
     status.assert_existing_objects_matched()
     return len(backbone.weights)
+
+
+def _delete_files(prefix):
+    for path in tf.io.gfile.glob(prefix + ".*"):
+        tf.io.gfile.remove(path)
+
+
+def discard(model_dir, prefix):
+    """Deletes the checkpoint `prefix` and drops it from MODEL_DIR/checkpoint."""
+    name = os.path.basename(prefix)
+    _delete_files(os.path.join(model_dir, name))
+    names = [n for n in run_dir.read_state(model_dir) if n != name]
+    if names:
+        run_dir.write_state(model_dir, names)
+    elif tf.io.gfile.exists(os.path.join(model_dir, run_dir.STATE_FILE)):
+        tf.io.gfile.remove(os.path.join(model_dir, run_dir.STATE_FILE))
+    logging.warning("Deleted %s: its weights gave a non-finite loss.", prefix)
+
+
+def keep_newest(model_dir, keep):
+    """Deletes all but the `keep` newest checkpoints named in MODEL_DIR/checkpoint."""
+    names = run_dir.read_state(model_dir)
+    if len(names) <= keep:
+        return
+    run_dir.write_state(model_dir, names[-keep:])
+    for name in names[:-keep]:
+        _delete_files(os.path.join(model_dir, name))

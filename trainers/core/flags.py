@@ -8,8 +8,8 @@ message names the flag, the value and what was expected.
 """
 
 import ast
-import inspect
 import json
+import math
 import os
 import re
 
@@ -17,6 +17,8 @@ from absl import flags
 
 TEXT = "text"
 VISION = "vision"
+# The preset each kind of trainer uses when --model is unset (its Task's `default_model`).
+DEFAULT_MODELS = {TEXT: "gmlp_tiny", VISION: "gmlp_tiny4_32"}
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu",
               "data_parallel", "model_parallel")
 # What each backend runs (trainers.core.strategy for TensorFlow, trainers.core.jax_loop for JAX).
@@ -24,6 +26,7 @@ TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "
 JAX_STRATEGIES = ("default", "one_device", "data_parallel", "model_parallel", "tpu")
 FLAGS_FILE = "flags.txt"
 FLAGS_JSON = "flags.json"
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def define_common_flags(fv=flags.FLAGS):
@@ -77,9 +80,6 @@ def define_common_flags(fv=flags.FLAGS):
                       "multi-host TPU slice (it finds the other hosts itself) or with "
                       "KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID set.",
                       flag_values=fv)
-    flags.DEFINE_integer("steps_per_loop", 1, "Training steps per host call (one compiled loop "
-                         "over N batches); checkpoints, logs, evaluation and the NaN check "
-                         "happen at loop boundaries.", flag_values=fv)
     flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and at the "
                          "end).", flag_values=fv)
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.",
@@ -101,6 +101,10 @@ def define_common_flags(fv=flags.FLAGS):
                       "checkpoints (where the strategy allows) so a resumed run sees the same "
                       "batches; otherwise a resumed run skips the batches already used.",
                       flag_values=fv)
+    flags.DEFINE_integer("steps_per_loop", 100, "Training steps per tf.function call (one "
+                         "host round trip per loop, as Orbit's StandardTrainer). Loops also end "
+                         "at every --log_every, --checkpoint_every and --eval_every step.",
+                         flag_values=fv)
     flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().",
                       flag_values=fv)
 
@@ -207,19 +211,23 @@ def register_validators(kind, fv=flags.FLAGS):
             flags.register_validator(
                 name, predicate, message=f"--{name}: expected {expected}", flag_values=fv)
 
-    check("model_dir", lambda v: bool(v and v.strip()), "a directory path (required)")
+    check("model_dir", lambda v: bool(v and v.strip()) and _writable_dir(v),
+          "a directory path (required) that can be created and written (not a file, nor under "
+          "one)")
     check("train_steps", lambda v: v is not None and v >= 1, "an integer >= 1")
     check("global_batch_size", lambda v: v is not None and v >= 1, "an integer >= 1")
-    check("learning_rate", lambda v: v is not None and v >= 0, "a float >= 0")
+    # float32 is what the schedule and optimizer compute in: 1e39 would be inf there.
+    check("learning_rate", lambda v: _finite(v) and 0 <= v <= FLOAT32_MAX,
+          f"a finite float in [0, {FLOAT32_MAX:.4g}]")
     check("warmup_steps", lambda v: v is not None and v >= 0, "an integer >= 0")
     check("end_learning_rate_ratio", lambda v: 0 <= v <= 1, "a float in [0, 1]")
-    check("weight_decay", lambda v: v >= 0, "a float >= 0")
+    check("weight_decay", lambda v: _finite(v) and v >= 0, "a finite float >= 0")
     check("adam_beta_1", lambda v: 0 <= v < 1, "a float in [0, 1)")
     check("adam_beta_2", lambda v: 0 <= v < 1, "a float in [0, 1)")
-    check("adam_epsilon", lambda v: v > 0, "a float > 0")
-    check("global_clipnorm", lambda v: v >= 0, "a float >= 0 (0 disables clipping)")
+    check("adam_epsilon", lambda v: _finite(v) and v > 0, "a finite float > 0")
+    check("global_clipnorm", lambda v: _finite(v) and v >= 0,
+          "a finite float >= 0 (0 disables clipping)")
     check("num_cpu_devices", lambda v: v >= 0, "an integer >= 0")
-    check("steps_per_loop", lambda v: v >= 1, "an integer >= 1")
     check("model_parallel_size", lambda v: v >= 0, "an integer >= 0 (0: every device of one "
           "host)")
     check("checkpoint_every", lambda v: v >= 1, "an integer >= 1")
@@ -227,7 +235,11 @@ def register_validators(kind, fv=flags.FLAGS):
     check("eval_every", lambda v: v >= 0, "an integer >= 0")
     check("eval_steps", lambda v: v >= 0, "an integer >= 0")
     check("log_every", lambda v: v >= 1, "an integer >= 1")
-    check("seed", lambda v: v >= 0, "an integer >= 0")
+    check("steps_per_loop", lambda v: v is not None and v >= 1, "an integer >= 1")
+    check("seed", lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (TensorFlow's seeds "
+          "are int32)")
+    check("export_dir", _writable_dir, "a directory that can be created and written (not a "
+          "file, nor under one)")
     check("sequence_length", lambda v: v is None or v >= 4, "an integer >= 4")
     check("vocabulary_size", lambda v: v >= 16, "an integer >= 16")
     check("vocab_file", lambda v: v is None or _gfile().exists(v), "an existing file")
@@ -236,8 +248,8 @@ def register_validators(kind, fv=flags.FLAGS):
     check("num_classes", lambda v: v is None or v >= 2, "an integer >= 2")
     check("image_size", lambda v: v is None or v >= 1, "an integer >= 1")
     check("label_smoothing", lambda v: 0 <= v < 1, "a float in [0, 1)")
-    check("mixup_alpha", lambda v: v >= 0, "a float >= 0")
-    check("cutmix_alpha", lambda v: v >= 0, "a float >= 0")
+    check("mixup_alpha", lambda v: _finite(v) and v >= 0, "a finite float >= 0")
+    check("cutmix_alpha", lambda v: _finite(v) and v >= 0, "a finite float >= 0")
     check("randaugment_layers", lambda v: v >= 0, "an integer >= 0")
     check("classifier_dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
     check("data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or glob "
@@ -287,17 +299,40 @@ def register_validators(kind, fv=flags.FLAGS):
             overrides = parse_overrides(values["model_overrides"])
         except ValueError as error:
             raise flags.ValidationError(f"--model_overrides: {error}") from None
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "dtype"}
-        unknown = sorted(set(overrides) - accepted)
-        if unknown:
+        if "dtype" in overrides:
             raise flags.ValidationError(
-                f"--model_overrides: unknown key(s) {unknown}; {cls.__name__} accepts "
-                f"{sorted(accepted)}")
+                f"--model_overrides: dtype={overrides['dtype']!r}: expected no dtype; "
+                "--mixed_precision sets the dtype policy")
+        arguments = dict(presets[values["model"] or DEFAULT_MODELS[kind]], **overrides)
+        patch = arguments.get("patch_size")
+        if "image_shape" in arguments and "image_shape" not in overrides and (
+                isinstance(patch, int) and patch > 0):
+            # The resolution comes from --image_size or the data, and the trainer checks it
+            # against the patch size once it knows it; only the other arguments are judged here.
+            arguments["image_shape"] = (patch, patch, arguments["image_shape"][2])
+        try:
+            cls.validate_arguments(**arguments)
+        except (ValueError, TypeError) as error:
+            raise flags.ValidationError(f"--model_overrides: {error}") from None
         return True
 
     check_many(["strategy", "tpu"], tpu_needs_name)
     check_many(["warmup_steps", "train_steps"], warmup_within_training)
     check_many(["model", "model_overrides"], model_and_overrides)
+
+
+def _finite(value):
+    return value is not None and math.isfinite(value)
+
+
+def _writable_dir(value):
+    """True if `value` is None, or a directory that exists or could be made, and written."""
+    if value is None or "://" in value:
+        return True  # gs:// and other remote file systems are checked when written
+    path = os.path.abspath(value)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def _keras_backend():
@@ -352,8 +387,9 @@ def write_flags(model_dir, fv=flags.FLAGS):
         serialized = fv[name].serialize()
         if serialized:
             lines.append(serialized)
-    with _gfile().GFile(os.path.join(model_dir, FLAGS_FILE), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with _gfile().GFile(os.path.join(model_dir, FLAGS_JSON), "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True, default=str)
+    from trainers.core.run_dir import write_atomically
+
+    write_atomically(os.path.join(model_dir, FLAGS_FILE), "\n".join(lines) + "\n")
+    write_atomically(os.path.join(model_dir, FLAGS_JSON),
+                     json.dumps(values, indent=2, sort_keys=True, default=str))
     return values

@@ -102,7 +102,8 @@ def describe_layout(model):
 def _backbone_class(task):
     from keras_gmlp import models
 
-    return models.GMLPVisionBackbone if task.kind == flags_lib.VISION else models.GMLPBackbone
+    vision = task.default_model in models.VISION_PRESETS
+    return models.GMLPVisionBackbone if vision else models.GMLPBackbone
 
 
 def _set_cpu_devices(count):
@@ -185,8 +186,14 @@ class Trainer:
             # tf.clip_by_global_norm: g * clipnorm / max(norm, clipnorm).
             scale = self.clipnorm / jax.numpy.maximum(grad_norm, self.clipnorm)
             grads = [(g * scale).astype(g.dtype) for g in grads]
-        trainable, optimizer_values = self.optimizer.stateless_apply(
+        new_trainable, new_optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, grads, trainable)
+        # A non-finite update is never applied (as in the TF loop): the state stays the one
+        # that gave this loss, and the host stops at the loop boundary.
+        finite = jax.numpy.isfinite(loss) & jax.numpy.isfinite(grad_norm)
+        keep = lambda new, old: jax.numpy.where(finite, new, old)  # noqa: E731
+        trainable = jax.tree_util.tree_map(keep, new_trainable, trainable)
+        optimizer_values = jax.tree_util.tree_map(keep, new_optimizer_values, optimizer_values)
         sums = {key: keras.ops.cast(value, "float32") for key, value in sums.items()}
         return (trainable, non_trainable, optimizer_values), (loss, sums, grad_norm)
 
@@ -357,11 +364,15 @@ class Checkpointer:
 
 
 def run(task):
-    """Trains `task` on the JAX backend per its flags; returns the final evaluation metrics."""
-    from trainers.core import loop  # the TF loop's names shared with this one
+    """Trains `task` on the JAX backend per its flags; returns the final evaluation metrics.
+
+    The run directory is handled as by the TensorFlow loop (`trainers.core.run_dir`): process
+    0 holds its lock, partial saves are removed, an existing run is compared with these flags
+    and restored from its newest checkpoint that restores before anything is written.
+    """
+    from trainers.core import run_dir
 
     fv = task.flags
-    model_dir = fv.model_dir
     _set_cpu_devices(fv.num_cpu_devices)
     if fv.multi_host:
         keras.distribution.initialize()  # before anything asks JAX for its devices
@@ -377,51 +388,56 @@ def run(task):
     logging.info("JAX backend, %s on %d device(s) in %d process(es).",
                  type(distribution).__name__ if distribution else "one device",
                  len(jax.devices()) if distribution else 1, jax.process_count())
-    if chief:
-        tf.io.gfile.makedirs(model_dir)
-        flags_lib.write_flags(model_dir, fv)
-
-    task.prepare(model_dir, chief)
-    keras.utils.set_random_seed(fv.seed)
+    lock = run_dir.RunDirLock(fv.model_dir).acquire() if chief else None
     previous = keras.distribution.distribution()
     keras.distribution.set_distribution(distribution)
     try:
-        model = task.build_model()
-        schedule = optimization.WarmupDecay(
-            fv.learning_rate, fv.train_steps, fv.warmup_steps, fv.decay,
-            fv.end_learning_rate_ratio)
-        optimizer = optimization.make_optimizer(fv, schedule)
-        optimizer.build(model.trainable_variables)
-        logging.info("Model %s: %s parameters.", model.name, f"{model.count_params():,}")
-        if distribution is not None:
-            logging.info("Mesh %s: %s", dict(zip(distribution.device_mesh.axis_names,
-                                                 distribution.device_mesh.shape)),
-                         describe_layout(model))
-        if chief and hasattr(model, "backbone"):
-            with tf.io.gfile.GFile(os.path.join(model_dir, loop.MODEL_CONFIG_FILE), "w") as f:
-                json.dump(keras.saving.serialize_keras_object(model.backbone), f, indent=2,
-                          default=str)
-        return _train(task, model, optimizer, schedule, distribution, chief)
+        return _run(task, distribution, chief)
     finally:
         keras.distribution.set_distribution(previous)
+        if lock is not None:
+            lock.release()
 
 
-def _train(task, model, optimizer, schedule, distribution, chief):
+def _run(task, distribution, chief):
     from trainers.core import loop
+    from trainers.core import run_dir
 
     fv = task.flags
     model_dir = fv.model_dir
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest is None:
-        task.initialize_from_pretrained(model)
+    if chief:
+        run_dir.remove_partial_saves(model_dir)
+    found = run_dir.checkpoint_steps(model_dir)
+    task.prepare(model_dir, chief)
+    keras.utils.set_random_seed(fv.seed)
+    model = task.build_model()
+    schedule = optimization.WarmupDecay(
+        fv.learning_rate, fv.train_steps, fv.warmup_steps, fv.decay, fv.end_learning_rate_ratio)
+    optimizer = optimization.make_optimizer(fv, schedule)
+    optimizer.build(model.trainable_variables)
+    logging.info("Model %s: %s parameters.", model.name, f"{model.count_params():,}")
+    if distribution is not None:
+        logging.info("Mesh %s: %s", dict(zip(distribution.device_mesh.axis_names,
+                                             distribution.device_mesh.shape)),
+                     describe_layout(model))
+    backbone_config = (keras.saving.serialize_keras_object(model.backbone)
+                       if hasattr(model, "backbone") else None)
     train_ds = task.train_dataset(fv.global_batch_size)
     iterator = iter(train_ds) if fv.checkpoint_iterator else None
-    checkpointer = Checkpointer(model, optimizer, iterator, model_dir, fv.keep_checkpoints,
+    checkpointer = Checkpointer(model, optimizer, iterator, model_dir, fv.keep_checkpoints + 1,
                                 chief)
+    resumed = None
     step = 0
-    if latest is not None:
-        step = checkpointer.restore(latest)
-        logging.info("Resumed from %s at step %d.", latest, step)
+    if found:
+        loop._compare_with_stored_run(task, backbone_config, fv.checkpoint_iterator)
+        resumed = run_dir.restore_newest(found, checkpointer.restore, model_dir)
+        step = resumed
+        logging.info("Resumed from %s at step %d.", os.path.join(model_dir, f"ckpt-{resumed}"),
+                     step)
+    else:
+        task.initialize_from_pretrained(model)
+    if chief:
+        loop._write_run_files(task, backbone_config, found, resumed)
     if iterator is None:
         iterator = iter(train_ds.skip(step))
     eval_ds = task.eval_dataset(fv.global_batch_size)
@@ -429,11 +445,16 @@ def _train(task, model, optimizer, schedule, distribution, chief):
     state = trainer.state()
     log = ProgressLog(model_dir, chief, fv.train_steps, fv.global_batch_size)
     start_step = step
-    last_saved = step if latest is not None else None
+    last_saved = resumed
     eval_metrics = {}
     log.start(step)
     while step < fv.train_steps:
-        count = min(fv.steps_per_loop, fv.train_steps - step)
+        # A loop ends at the next checkpoint and evaluation step too (as the TF loop's do), so
+        # those happen at their exact steps; log steps inside a loop are all written, since
+        # every step's loss comes back.
+        count = min(fv.steps_per_loop, fv.train_steps - step,
+                    fv.checkpoint_every - step % fv.checkpoint_every,
+                    (fv.eval_every - step % fv.eval_every) if fv.eval_every else fv.train_steps)
         host = [_numpy(next(iterator)) for _ in range(count)]
         host += [jax.tree_util.tree_map(np.zeros_like, host[0])] * (fv.steps_per_loop - count)
         batches = trainer.device_batch(
@@ -443,15 +464,24 @@ def _train(task, model, optimizer, schedule, distribution, chief):
         loop_end = time.perf_counter()
         for i in range(count):
             loss, grad_norm = float(losses[i]), float(grad_norms[i])
-            # A non-finite gradient has made the weights non-finite: nothing of this loop is
-            # saved, and the device state is dropped.
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                kept = checkpointer.manager.latest_checkpoint or "none was written yet"
-                raise loop.NonFiniteLossError(
-                    f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at "
-                    f"step {step + i + 1}; stopped without saving this step. The last good "
-                    f"checkpoint is kept: {kept}. Lower --learning_rate, raise --warmup_steps "
-                    "or set --global_clipnorm, then restart from it.")
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                continue
+            # Nothing of this loop is saved. A checkpoint written just before this step holds
+            # the weights that gave this loss: delete it (the TF loop does the same).
+            bad_step = step + i + 1
+            kept = checkpointer.manager.latest_checkpoint
+            deleted = chief and i == 0 and last_saved == step and step > start_step
+            if deleted:
+                checkpoints.discard(model_dir, kept)
+                kept = tf.train.latest_checkpoint(model_dir)
+            raise loop.NonFiniteLossError(
+                f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
+                f"{bad_step}; stopped without saving this step. "
+                + (f"A checkpoint of step {bad_step - 1} held the weights that gave this "
+                   "loss; it was deleted. " if deleted else "")
+                + f"The last good checkpoint is kept: {kept or 'none was written yet'}. "
+                "Lower --learning_rate, raise --warmup_steps or set --global_clipnorm, then "
+                "restart from it.")
         for i in range(count):
             done = step + i + 1
             log.accumulate({key: float(value[i]) for key, value in sums.items()})
@@ -460,27 +490,24 @@ def _train(task, model, optimizer, schedule, distribution, chief):
                 finished = loop_start + (loop_end - loop_start) * (i + 1) / count
                 log.write(done, float(losses[i]), float(schedule(done - 1)),
                           float(grad_norms[i]), task.metrics, now=finished)
-        previous, step = step, step + count
-
-        def crossed(every):
-            return every and step // every > previous // every
-
-        if crossed(fv.checkpoint_every) or step == fv.train_steps:
+        step += count
+        if step % fv.checkpoint_every == 0 or step == fv.train_steps:
             trainer.set_state(state)
             state = trainer.state()
             checkpointer.save(step)
             last_saved = step
-        if crossed(fv.eval_every) and step != fv.train_steps:
-            trainer.set_state(state)
-            state = trainer.state()
+        if fv.eval_every and step % fv.eval_every == 0 and step != fv.train_steps:
             eval_metrics = _evaluate(trainer, state, eval_ds, fv, log, step)
             log.restart_clock()
     trainer.set_state(state)
     if step > start_step or not eval_metrics:
         eval_metrics = _evaluate(trainer, trainer.state(), eval_ds, fv, log, step)
+    if chief:
+        checkpoints.keep_newest(model_dir, fv.keep_checkpoints)
     logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
     if fv.export_dir and chief:
-        path = export_with_tensorflow(task, checkpointer.manager.latest_checkpoint or latest)
+        latest = tf.train.latest_checkpoint(model_dir)
+        path = export_with_tensorflow(task, latest)
         logging.info("Exported a SavedModel to %s", path)
     log.close()
     return eval_metrics

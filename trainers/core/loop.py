@@ -8,7 +8,6 @@ replicas, gradients all-reduced once, clipped by their global norm, applied by A
 """
 
 import json
-import math
 import os
 import sys
 
@@ -21,11 +20,12 @@ from absl import logging
 from trainers.core import checkpoints
 from trainers.core import flags as flags_lib
 from trainers.core import optimization
+from trainers.core import run_dir
 from trainers.core import strategy as strategy_lib
 from trainers.core.summaries import ProgressLog
 
 SUM = tf.distribute.ReduceOp.SUM
-MODEL_CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FILE = run_dir.MODEL_CONFIG_FILE
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,10 +72,21 @@ def run(task):
             f"{replicas} replicas of --strategy={fv.strategy}.")
     chief = strategy_lib.is_chief(strategy)
     logging.info("Strategy: %s", strategy_lib.describe(strategy))
-    if chief:
-        tf.io.gfile.makedirs(model_dir)
-        flags_lib.write_flags(model_dir, fv)
+    # The chief is the one writer of model_dir; the other workers only read it.
+    lock = run_dir.RunDirLock(model_dir).acquire() if chief else None
+    try:
+        return _run(task, strategy, chief)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(task, strategy, chief):
+    fv = task.flags
+    model_dir = fv.model_dir
+    if chief:
+        run_dir.remove_partial_saves(model_dir)
+    found = run_dir.checkpoint_steps(model_dir)
     task.prepare(model_dir, chief)
     # Seeded just before the weights are created, so what `prepare` did (learning a vocabulary
     # or not, on a resumed run) cannot shift the initial weights.
@@ -88,14 +99,8 @@ def run(task):
         optimizer = optimization.make_optimizer(fv, schedule)
         optimizer.build(model.trainable_variables)
     logging.info("Model %s: %s parameters.", model.name, f"{model.count_params():,}")
-    if chief and hasattr(model, "backbone"):
-        with tf.io.gfile.GFile(os.path.join(model_dir, MODEL_CONFIG_FILE), "w") as f:
-            json.dump(keras.saving.serialize_keras_object(model.backbone), f, indent=2,
-                      default=str)
-
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest is None:
-        task.initialize_from_pretrained(model)
+    backbone_config = (keras.saving.serialize_keras_object(model.backbone)
+                       if hasattr(model, "backbone") else None)
 
     # Non-TPU strategies read global batches from one plain tf.data iterator per worker and
     # hand each replica its slice: the batches do not depend on the replica count, and the
@@ -111,9 +116,21 @@ def run(task):
                                          iterator=iterator)
     else:
         checkpoint = tf.train.Checkpoint(model=checkpoints.model_tree(model), optimizer=optimizer)
-    if latest is not None:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d.", latest, int(optimizer.iterations.numpy()))
+
+    # An existing run is compared with these flags and restored before anything is written
+    # into its model_dir: a resume that cannot work leaves the directory as it was.
+    resumed = None
+    if found:
+        _compare_with_stored_run(task, backbone_config, save_iterator)
+        resumed = run_dir.restore_newest(
+            found, lambda path: checkpoint.restore(path).assert_existing_objects_matched(),
+            model_dir)
+        logging.info("Resumed from %s at step %d.",
+                     os.path.join(model_dir, f"ckpt-{resumed}"), int(optimizer.iterations.numpy()))
+    else:
+        task.initialize_from_pretrained(model)
+    if chief:
+        _write_run_files(task, backbone_config, found, resumed)
     if not save_iterator:
         train_ds = train_ds.skip(int(optimizer.iterations.numpy()))
         iterator = iter(train_ds if host_input else strategy.experimental_distribute_dataset(
@@ -121,8 +138,11 @@ def run(task):
 
     save_dir = model_dir if chief else os.path.join(
         model_dir, f".worker_{strategy_lib.task_id(strategy)}_tmp")
+    # One checkpoint more than --keep_checkpoints: the newest is unverified until the next step
+    # shows that its weights give a finite loss (if they do not, it is deleted, and the one
+    # before it is still there).
     manager = tf.train.CheckpointManager(
-        checkpoint, save_dir, max_to_keep=fv.keep_checkpoints,
+        checkpoint, save_dir, max_to_keep=fv.keep_checkpoints + 1,
         step_counter=optimizer.iterations)
 
     # Built before training so that an unusable evaluation source fails now, not at the end.
@@ -133,22 +153,28 @@ def run(task):
     log = ProgressLog(model_dir, chief, fv.train_steps, fv.global_batch_size)
     step = int(optimizer.iterations.numpy())
     start_step = step
-    last_saved = step if latest is not None else None
+    last_saved = resumed
     eval_metrics = {}
     log.start(step)
     while step < fv.train_steps:
-        loss, sums, grad_norm = train_step(iterator)
+        loss, sums, grad_norm, applied = train_step(iterator)
         step += 1
         loss, grad_norm = float(loss), float(grad_norm)
-        # A non-finite gradient has already made the weights non-finite: stop before saving.
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        if not bool(applied):
+            # The update was not applied, so the weights are those that gave this loss.
+            kept = manager.latest_checkpoint
+            if chief and last_saved == step - 1 and step - 1 > start_step:
+                checkpoints.discard(model_dir, kept)
+                kept = tf.train.latest_checkpoint(model_dir)
             _discard_worker_dir(save_dir, model_dir)
-            kept = manager.latest_checkpoint or "none was written yet"
             raise NonFiniteLossError(
                 f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
-                f"{step}; stopped without saving "
-                f"this step. The last good checkpoint is kept: {kept}. Lower --learning_rate, "
-                "raise --warmup_steps or set --global_clipnorm, then restart from it.")
+                f"{step}; stopped without applying or saving this step. "
+                + (f"A checkpoint of step {step - 1} held the weights that gave this loss; it "
+                   "was deleted. " if kept != manager.latest_checkpoint else "")
+                + f"The last good checkpoint is kept: {kept or 'none was written yet'}. "
+                "Lower --learning_rate, raise --warmup_steps or set --global_clipnorm, then "
+                "restart from it.")
         log.accumulate({k: float(v) for k, v in sums.items()})
         if step % fv.log_every == 0 or step in (start_step + 1, fv.train_steps):
             log.write(step, loss, float(schedule(step - 1)), grad_norm, task.metrics)
@@ -161,12 +187,58 @@ def run(task):
     if step > start_step or not eval_metrics:
         eval_metrics = _evaluate(task, eval_ds, eval_step, strategy, fv, log, step, host_input)
     _discard_worker_dir(save_dir, model_dir)
+    if chief:
+        checkpoints.keep_newest(model_dir, fv.keep_checkpoints)
     logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
     if fv.export_dir and chief:
         path = task.export(model, fv.export_dir)
         logging.info("Exported a SavedModel to %s", path)
     log.close()
     return eval_metrics
+
+
+def _compare_with_stored_run(task, backbone_config, save_iterator):
+    """Raises `run_dir.RunDirError` if the run in model_dir was made with other settings."""
+    fv = task.flags
+    stored = run_dir.stored_settings(fv.model_dir)
+    given, sources = {}, {}
+    if backbone_config is not None:
+        given.update(run_dir.backbone_settings(backbone_config))
+        sources.update(dict.fromkeys(given, "--model / --model_overrides / --sequence_length "
+                                     "(or the --init_checkpoint backbone)"))
+    vocabulary = getattr(task, "vocabulary", None)
+    if vocabulary is not None:
+        given["vocabulary"] = list(vocabulary)
+        sources["vocabulary"] = (f"--vocab_file={fv.vocab_file}" if fv.vocab_file else
+                                 "--init_checkpoint's vocab.txt")
+        if "backbone vocabulary_size" in stored:
+            sources["backbone vocabulary_size"] = sources["vocabulary"]
+    # The saved input position holds batches of the stored size; without it any size resumes.
+    if save_iterator and stored.get("checkpoint_iterator", True):
+        given["global_batch_size"] = fv.global_batch_size
+        sources["global_batch_size"] = (
+            f"--global_batch_size={fv.global_batch_size} (the checkpoint's input position "
+            "holds batches of the stored size; --nocheckpoint_iterator resumes with new ones)")
+    run_dir.compare_settings(stored, given, fv.model_dir, sources)
+
+
+def _write_run_files(task, backbone_config, found, resumed):
+    """Flags, backbone config and the task's files (vocabulary), once the run can go on."""
+    fv = task.flags
+    model_dir = fv.model_dir
+    flags_lib.write_flags(model_dir, fv)
+    if backbone_config is not None:
+        run_dir.write_atomically(os.path.join(model_dir, MODEL_CONFIG_FILE),
+                                 json.dumps(backbone_config, indent=2, default=str))
+    task.write_run_files(model_dir)
+    if resumed is not None:
+        # The state file may be lost or damaged: name the intact checkpoints up to the
+        # restored one, so that CheckpointManager keeps and rotates them.
+        older = [s for s in sorted(found) if s < resumed and
+                 tf.io.gfile.exists(os.path.join(model_dir, f"ckpt-{s}.index"))]
+        run_dir.write_state(model_dir, [f"ckpt-{s}" for s in older + [resumed]])
+    elif tf.io.gfile.exists(os.path.join(model_dir, run_dir.STATE_FILE)):
+        tf.io.gfile.remove(os.path.join(model_dir, run_dir.STATE_FILE))  # names no checkpoint
 
 
 def _with_sharding_policy(dataset):
@@ -193,6 +265,12 @@ def _split_for_replicas(strategy, batch):
 
 
 def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
+    """A tf.function running one step; returns (loss, metric sums, grad norm, applied).
+
+    The update is applied only when the loss and the all-reduced gradients are finite
+    (`applied` is then True), so the weights never take a non-finite step and what a
+    checkpoint saves afterwards is the last finite state.
+    """
     variables = model.trainable_variables
 
     def replica_step(batch):
@@ -202,25 +280,52 @@ def _make_train_step(task, model, optimizer, strategy, clipnorm, host_input):
             total = context.all_reduce(SUM, tf.cast(normaliser, tf.float32))
             loss = tf.cast(loss_sum, tf.float32) / tf.maximum(total, 1e-12)
         grads = tape.gradient(loss, variables)
-        grads = context.all_reduce(SUM, [tf.convert_to_tensor(g) for g in grads])
+        # The loss is reduced with the gradients, so every replica takes the same decision.
+        loss, *grads = context.all_reduce(SUM, [loss, *(tf.convert_to_tensor(g) for g in grads)])
         if clipnorm > 0:
             grads, grad_norm = tf.clip_by_global_norm(grads, clipnorm)
         else:
             grad_norm = tf.linalg.global_norm(grads)
-        optimizer.apply(grads, variables)
-        return loss, sums, grad_norm
+        finite = tf.math.logical_and(tf.math.is_finite(loss), tf.math.is_finite(grad_norm))
+        _apply_if(finite, optimizer, grads, variables)
+        return loss, sums, grad_norm, finite
 
     @tf.function
     def train_step(iterator):
         batch = next(iterator)
         if host_input:
             batch = _split_for_replicas(strategy, batch)
-        loss, sums, grad_norm = strategy.run(replica_step, args=(batch,))
-        reduce = lambda x: strategy.reduce(SUM, x, axis=None)  # noqa: E731
-        grad_norm = strategy.experimental_local_results(grad_norm)[0]
-        return reduce(loss), {k: reduce(v) for k, v in sums.items()}, grad_norm
+        loss, sums, grad_norm, finite = strategy.run(replica_step, args=(batch,))
+        first = lambda x: strategy.experimental_local_results(x)[0]  # noqa: E731
+        sums = {k: strategy.reduce(SUM, v, axis=None) for k, v in sums.items()}
+        return first(loss), sums, first(grad_norm), first(finite)
 
     return train_step
+
+
+def _apply_if(finite, optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)` when `finite`, else nothing (in a replica context).
+
+    As Keras' LossScaleOptimizer does: strategies that need `merge_call` (which
+    `optimizer.apply` makes) cannot have it inside a `tf.cond` in a replica context, so the
+    cond runs in the cross-replica context there.
+    """
+    def apply():
+        optimizer.apply(grads, variables)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, apply, lambda: None)
+        return
+
+    def cross_replica(distribution, finite, grads, variables):
+        def apply_everywhere():
+            distribution.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
+
+        tf.cond(distribution.experimental_local_results(finite)[0], apply_everywhere,
+                lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica,
+                                                   args=(finite, grads, variables))
 
 
 def _make_eval_step(task, model, strategy, host_input):

@@ -4,12 +4,11 @@
 class Task:
     """Base class of the trainers' tasks; `trainers.core.loop.run` drives one.
 
-    Subclasses set `kind` ("text" or "vision") and `default_model`, and implement the
-    methods below. `prepare` may read data (e.g. learn a vocabulary); it runs after the flags
-    were validated and the flags file was written.
+    Subclasses set `default_model` and implement the methods below. `prepare` may read data
+    (e.g. learn a vocabulary) but writes nothing: a resumed run's model_dir is only written once
+    its checkpoint restored, through `write_run_files`.
     """
 
-    kind = None
     default_model = None
 
     def __init__(self, flag_values):
@@ -17,6 +16,9 @@ class Task:
 
     def prepare(self, model_dir, is_chief):
         """Everything `build_model` and the datasets need (vocabulary, dataset info)."""
+
+    def write_run_files(self, model_dir):
+        """Writes what later runs read from model_dir (e.g. vocab.txt); chief only."""
 
     def build_model(self):
         """Returns the keras.Model to train; called inside `strategy.scope()`."""

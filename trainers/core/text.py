@@ -8,12 +8,13 @@ from absl import logging
 
 from keras_gmlp import data
 from trainers.core import flags as flags_lib
+from trainers.core import run_dir
 
-VOCAB_FILE = "vocab.txt"
+VOCAB_FILE = run_dir.VOCAB_FILE
 
 
-def resolve_vocabulary(fv, model_dir, is_chief, make_lines):
-    """Returns the vocabulary (list of tokens) and makes sure MODEL_DIR/vocab.txt holds it.
+def resolve_vocabulary(fv, model_dir, make_lines):
+    """Returns the vocabulary (list of tokens); writes nothing (see `save_vocabulary`).
 
     In order: --vocab_file; MODEL_DIR/vocab.txt of an earlier (resumed) run; a WordPiece
     vocabulary of --vocabulary_size learned from the training text.
@@ -21,8 +22,6 @@ def resolve_vocabulary(fv, model_dir, is_chief, make_lines):
     saved = os.path.join(model_dir, VOCAB_FILE)
     if fv.vocab_file:
         vocabulary = data.load_vocabulary(fv.vocab_file)
-        if is_chief and os.path.abspath(fv.vocab_file) != os.path.abspath(saved):
-            tf.io.gfile.copy(fv.vocab_file, saved, overwrite=True)
         logging.info("Vocabulary: %d tokens from --vocab_file=%s", len(vocabulary), fv.vocab_file)
         return vocabulary
     if tf.io.gfile.exists(saved):
@@ -30,11 +29,20 @@ def resolve_vocabulary(fv, model_dir, is_chief, make_lines):
         logging.info("Vocabulary: %d tokens from %s (earlier run)", len(vocabulary), saved)
         return vocabulary
     vocabulary = data.learn_vocabulary(make_lines(), fv.vocabulary_size, lowercase=fv.lowercase)
-    if is_chief:
-        data.save_vocabulary(vocabulary, saved)
-    logging.info("Vocabulary: learned %d WordPiece tokens from the training text into %s",
-                 len(vocabulary), saved)
+    logging.info("Vocabulary: learned %d WordPiece tokens from the training text.",
+                 len(vocabulary))
     return vocabulary
+
+
+def save_vocabulary(vocabulary, model_dir):
+    """Writes MODEL_DIR/vocab.txt (one token a line) atomically, unless it already holds it."""
+    path = os.path.join(model_dir, VOCAB_FILE)
+    text = "".join(token + "\n" for token in vocabulary)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            if f.read() == text:
+                return
+    run_dir.write_atomically(path, text)
 
 
 def backbone_kwargs(fv, vocabulary_size, default_model):
@@ -51,9 +59,7 @@ def backbone_kwargs(fv, vocabulary_size, default_model):
 
 def load_backbone_config(model_dir):
     """The backbone config a pretrain_mlm run wrote into its model_dir."""
-    from trainers.core.loop import MODEL_CONFIG_FILE
-
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    path = os.path.join(model_dir, run_dir.MODEL_CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--init_checkpoint: {path} is missing; expected a "
                                 "trainers.pretrain_mlm model_dir.")

@@ -51,7 +51,7 @@ def _start(module, args, devices=1):
     return process
 
 
-def _finish(process, timeout=300):
+def _finish(process, timeout=900):
     process.wait(timeout=timeout)
     with open(process.log_path) as f:
         return process.returncode, f.read()
@@ -239,7 +239,7 @@ def checks(runs, tmp_path_factory):
     args = dict(flags_file=os.path.join(dirs["model"], "flags.txt"), inputs=inputs,
                 checkpoint=tf.train.latest_checkpoint(dirs["model"]), logits=logits)
     result = subprocess.run([sys.executable, "-c", CHECKS, json.dumps(args)], cwd=REPO,
-                            env=_env(8), capture_output=True, text=True, timeout=300)
+                            env=_env(8), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):]), inputs, np.load(logits)
@@ -336,3 +336,18 @@ def test_finetuning_on_jax_restores_the_backbone_of_a_jax_pretraining_run(runs, 
     # Pretraining moved the SGU bias away from its initial ones, so a match is not by chance.
     bias = "model/block_0__spatial_gating_unit__spatial_bias/.ATTRIBUTES/VARIABLE_VALUE"
     assert not np.allclose(finetuned[bias], 1.0)
+
+
+def test_strategies_of_the_other_backend_fail_at_start_up(tmp_path):
+    from absl import flags
+
+    from trainers.core import flags as flags_lib
+
+    fv = flags.FlagValues()
+    flags_lib.define_common_flags(fv)
+    flags_lib.register_validators(flags_lib.TEXT, fv)
+    # This process runs the TensorFlow backend: the JAX-only strategies are refused by name.
+    with pytest.raises(flags.IllegalFlagValueError,
+                       match=r"--strategy=model_parallel: expected one of \['default'"):
+        fv(["trainer", f"--model_dir={tmp_path}/run", "--strategy=model_parallel"])
+    assert not (tmp_path / "run").exists()

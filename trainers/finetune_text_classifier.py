@@ -18,6 +18,7 @@ import os
 
 import keras
 import tensorflow as tf
+from keras import ops
 from absl import app
 from absl import flags
 from absl import logging
@@ -105,13 +106,14 @@ class TextClassificationTask(Task):
 
     def loss_terms(self, model, batch, training):
         x, labels = batch
-        labels = tf.cast(labels, tf.int32)
+        labels = ops.cast(labels, "int32")
         logits = model(x, training=training)
-        losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        loss_sum = tf.reduce_sum(losses)
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return loss_sum, count, dict(loss_sum=loss_sum, count=count, correct=tf.reduce_sum(hits))
+        losses = ops.cast(keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True), "float32")
+        hits = ops.cast(ops.equal(ops.cast(ops.argmax(logits, -1), "int32"), labels), "float32")
+        loss_sum = ops.sum(losses)
+        count = ops.cast(ops.shape(labels)[0], "float32")
+        return loss_sum, count, dict(loss_sum=loss_sum, count=count, correct=ops.sum(hits))
 
     def metrics(self, sums):
         count = max(sums["count"], 1e-12)

@@ -14,6 +14,7 @@ import math
 
 import keras
 import tensorflow as tf
+from keras import ops
 from absl import app
 from absl import flags
 from absl import logging
@@ -87,14 +88,15 @@ class MaskedLMTask(Task):
     def loss_terms(self, model, batch, training):
         x, mask_ids, mask_weights = batch
         logits = model(x, training=training)
-        weights = tf.cast(mask_weights, tf.float32)
-        losses = keras.losses.sparse_categorical_crossentropy(mask_ids, logits, from_logits=True)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                tf.cast(mask_ids, tf.int32)), tf.float32)
-        loss_sum = tf.reduce_sum(losses * weights)
-        weight = tf.reduce_sum(weights)
+        weights = ops.cast(mask_weights, "float32")
+        losses = ops.cast(keras.losses.sparse_categorical_crossentropy(
+            mask_ids, logits, from_logits=True), "float32")
+        hits = ops.cast(ops.equal(ops.cast(ops.argmax(logits, -1), "int32"),
+                                  ops.cast(mask_ids, "int32")), "float32")
+        loss_sum = ops.sum(losses * weights)
+        weight = ops.sum(weights)
         return loss_sum, weight, dict(loss_sum=loss_sum, weight=weight,
-                                      correct=tf.reduce_sum(hits * weights))
+                                      correct=ops.sum(hits * weights))
 
     def metrics(self, sums):
         loss = sums["loss_sum"] / max(sums["weight"], 1e-12)

@@ -10,7 +10,8 @@ Evaluation reports top-1 and top-5 accuracy on --eval_split. See trainers/core/f
 """
 
 import keras
-import tensorflow as tf
+import tensorflow as tf  # noqa: F401 (kept for the other parts of this module)
+from keras import ops
 from absl import app
 from absl import flags
 from absl import logging
@@ -85,22 +86,23 @@ class ImageClassificationTask(Task):
     def loss_terms(self, model, batch, training):
         images, labels = batch
         logits = model(images, training=training)
-        if labels.shape.rank == 2:  # soft labels from MixUp / CutMix / label smoothing
-            labels = tf.cast(labels, tf.float32)
+        if len(labels.shape) == 2:  # soft labels from MixUp / CutMix / label smoothing
+            labels = ops.cast(labels, "float32")
             losses = keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
-            label_ids = tf.argmax(labels, -1, output_type=tf.int32)
+            label_ids = ops.cast(ops.argmax(labels, -1), "int32")
         else:
-            label_ids = tf.cast(labels, tf.int32)
+            label_ids = ops.cast(labels, "int32")
             losses = keras.losses.sparse_categorical_crossentropy(
                 label_ids, logits, from_logits=True)
+        losses = ops.cast(losses, "float32")
         k = min(5, self.num_classes)
-        top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), label_ids),
-                       tf.float32)
-        top5 = tf.cast(tf.math.in_top_k(label_ids, logits, k), tf.float32)
-        loss_sum = tf.reduce_sum(losses)
-        count = tf.cast(tf.shape(logits)[0], tf.float32)
+        top1 = ops.cast(ops.equal(ops.cast(ops.argmax(logits, -1), "int32"), label_ids),
+                        "float32")
+        top5 = ops.cast(ops.in_top_k(label_ids, ops.cast(logits, "float32"), k), "float32")
+        loss_sum = ops.sum(losses)
+        count = ops.cast(ops.shape(logits)[0], "float32")
         return loss_sum, count, dict(loss_sum=loss_sum, count=count,
-                                     top1=tf.reduce_sum(top1), top5=tf.reduce_sum(top5))
+                                     top1=ops.sum(top1), top5=ops.sum(top5))
 
     def metrics(self, sums):
         count = max(sums["count"], 1e-12)

@@ -7,6 +7,7 @@ from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.models import arguments
 from keras_gmlp.models.base import BackboneBase
+from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import TEXT_PRESETS
 
 
@@ -45,6 +46,7 @@ class GMLPBackbone(BackboneBase):
     """
 
     named_presets = TEXT_PRESETS
+    get_layout_map = staticmethod(get_layout_map)  # keras-hub's Backbone API
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.models import arguments
 from keras_gmlp.models.base import BackboneBase
+from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import VISION_PRESETS
 
 
@@ -40,6 +41,7 @@ class GMLPVisionBackbone(BackboneBase):
     """
 
     named_presets = VISION_PRESETS
+    get_layout_map = staticmethod(get_layout_map)  # keras-hub's Backbone API
 
     def __init__(
         self,

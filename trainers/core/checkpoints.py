@@ -10,6 +10,7 @@ makes a backbone's variables the same keys in a masked LM and in a classifier bu
 import os
 import re
 
+import keras
 import tensorflow as tf
 from absl import logging
 
@@ -26,7 +27,12 @@ def variable_tree(variables):
     seed-generator states are saved as rng_state_<i>: their auto-numbered names depend on what
     else the process created, their order within one model does not.
     """
-    children = {}
+    return tf.train.Checkpoint(**dict(zip(checkpoint_keys(variables), variables)))
+
+
+def checkpoint_keys(variables):
+    """The flat checkpoint key of each of `variables` (Keras variables of any backend)."""
+    keys, seen = [], set()
     seeds = 0
     for variable in variables:
         if "seed_generator" in variable.path:
@@ -34,11 +40,12 @@ def variable_tree(variables):
             seeds += 1
         else:
             key = "__".join(re.sub(r"\W", "_", part) for part in variable.path.split("/"))
-        if key in children:
+        if key in seen:
             raise ValueError(f"Two variables share the checkpoint key {key!r} "
                              f"(path {variable.path!r}); layer names must be unique.")
-        children[key] = variable
-    return tf.train.Checkpoint(**children)
+        keys.append(key)
+        seen.add(key)
+    return keys
 
 
 def model_tree(model):
@@ -52,6 +59,12 @@ def restore_backbone(backbone, checkpoint_path):
     Raises if any backbone variable is missing from the checkpoint; extra values (the other
     model's head, the optimizer) are ignored.
     """
+    if keras.backend.backend() != "tensorflow":
+        # Keras variables of other backends are not TensorFlow trackables: read by key.
+        reader = tf.train.load_checkpoint(checkpoint_path)
+        for key, variable in zip(checkpoint_keys(backbone.weights), backbone.weights):
+            variable.assign(reader.get_tensor(f"model/{key}/.ATTRIBUTES/VARIABLE_VALUE"))
+        return len(backbone.weights)
     reader = tf.train.Checkpoint(model=variable_tree(backbone.weights))
     status = reader.restore(checkpoint_path)
     status.expect_partial()

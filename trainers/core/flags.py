@@ -19,7 +19,11 @@ TEXT = "text"
 VISION = "vision"
 # The preset each kind of trainer uses when --model is unset (its Task's `default_model`).
 DEFAULT_MODELS = {TEXT: "gmlp_tiny", VISION: "gmlp_tiny4_32"}
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu",
+              "data_parallel", "model_parallel")
+# What each backend runs (trainers.core.strategy for TensorFlow, trainers.core.jax_loop for JAX).
+TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+JAX_STRATEGIES = ("default", "one_device", "data_parallel", "model_parallel", "tpu")
 FLAGS_FILE = "flags.txt"
 FLAGS_JSON = "flags.json"
 FLOAT32_MAX = 3.4028234663852886e38
@@ -58,13 +62,24 @@ def define_common_flags(fv=flags.FLAGS):
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16"],
                       "Keras dtype policy (bfloat16 needs no loss scaling).", flag_values=fv)
     flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
-                      "tf.distribute strategy. multi_worker_mirrored reads TF_CONFIG.",
-                      flag_values=fv)
+                      "TensorFlow backend: a tf.distribute strategy (multi_worker_mirrored reads "
+                      "TF_CONFIG). KERAS_BACKEND=jax: default/one_device (one device), "
+                      "data_parallel (keras.distribution.DataParallel over every device), "
+                      "model_parallel (ModelParallel with the backbone's get_layout_map) or tpu "
+                      "(DataParallel over the TPU devices JAX sees).", flag_values=fv)
+    flags.DEFINE_integer("model_parallel_size", 0, "KERAS_BACKEND=jax, --strategy="
+                         "model_parallel: devices along the mesh's 'model' axis (the rest form "
+                         "the 'batch' axis); 0 uses every device of one host.", flag_values=fv)
     flags.DEFINE_string("tpu", None, "TPU name, grpc://IP:8470, or 'local' (on a TPU VM); "
                         "required with --strategy=tpu.", flag_values=fv)
     flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
                          "(e.g. 2 to try --strategy=mirrored on a laptop); 0 leaves it as is.",
                          flag_values=fv)
+    flags.DEFINE_bool("multi_host", False, "KERAS_BACKEND=jax: call keras.distribution."
+                      "initialize() (jax.distributed.initialize) first, on every host of a "
+                      "multi-host TPU slice (it finds the other hosts itself) or with "
+                      "KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID set.",
+                      flag_values=fv)
     flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and at the "
                          "end).", flag_values=fv)
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.",
@@ -217,6 +232,8 @@ def register_validators(kind, fv=flags.FLAGS):
     check("global_clipnorm", lambda v: _finite(v) and v >= 0,
           "a finite float >= 0 (0 disables clipping)")
     check("num_cpu_devices", lambda v: v >= 0, "an integer >= 0")
+    check("model_parallel_size", lambda v: v >= 0, "an integer >= 0 (0: every device of one "
+          "host)")
     check("checkpoint_every", lambda v: v >= 1, "an integer >= 1")
     check("keep_checkpoints", lambda v: v >= 1, "an integer >= 1")
     check("eval_every", lambda v: v >= 0, "an integer >= 0")
@@ -250,8 +267,22 @@ def register_validators(kind, fv=flags.FLAGS):
         if all(name in fv for name in names):
             flags.register_multi_flags_validator(names, checker, flag_values=fv)
 
+    def strategy_fits_backend(value):
+        backend = _keras_backend()
+        allowed = JAX_STRATEGIES if backend == "jax" else TF_STRATEGIES
+        if backend in ("jax", "tensorflow") and value not in allowed:
+            raise flags.ValidationError(
+                f"--strategy={value}: expected one of {list(allowed)} with "
+                f"KERAS_BACKEND={backend}")
+        return True
+
+    if "strategy" in fv:
+        flags.register_validator("strategy", strategy_fits_backend, flag_values=fv)
+
     def tpu_needs_name(values):
-        if values["strategy"] == "tpu" and not values["tpu"]:
+        # JAX finds the TPU chips itself; tf.distribute's resolver needs a name.
+        if (values["strategy"] == "tpu" and not values["tpu"]
+                and _keras_backend() == "tensorflow"):
             raise flags.ValidationError(
                 "--tpu: required with --strategy=tpu (a TPU name, grpc://IP:8470, or 'local')")
         return True
@@ -306,6 +337,13 @@ def _writable_dir(value):
     while not os.path.exists(path):
         path = os.path.dirname(path)
     return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def _keras_backend():
+    # KERAS_BACKEND decides before keras is imported; keras.backend.backend() reports it after.
+    import keras
+
+    return keras.backend.backend()
 
 
 def _gfile():

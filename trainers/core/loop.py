@@ -53,6 +53,10 @@ def main_for(task_class):
 
 def run(task):
     """Trains `task` (a `trainers.core.task.Task`) per its flags; returns the final metrics."""
+    if keras.backend.backend() == "jax":
+        from trainers.core import jax_loop
+
+        return jax_loop.run(task)
     fv = task.flags
     model_dir = fv.model_dir
     if fv.strategy == "mirrored" and fv.num_cpu_devices > 1:

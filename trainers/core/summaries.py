@@ -52,8 +52,9 @@ class ProgressLog:
         for key, value in sums.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
 
-    def write(self, step, loss, learning_rate, grad_norm, metrics_fn):
-        now = time.perf_counter()
+    def write(self, step, loss, learning_rate, grad_norm, metrics_fn, now=None):
+        """Logs `step`; `now` is when it finished (perf_counter; default: now)."""
+        now = time.perf_counter() if now is None else now
         steps_per_second = (step - self.step) / max(now - self.time, 1e-9)
         # The first interval includes tracing the step function: no ETA from it.
         first = self.first

@@ -51,9 +51,9 @@ SIZES = {
         sequence_length=64, vocabulary_size=4000, text_eval_batches=40, bert_heads=4,
         tiny_attention_dim=32, warmup=50),
     "quick": dict(
-        image_steps=3, image_batch=16, image_layers=1, image_hidden=16, image_ffn=32,
+        image_steps=3, image_batch=16, image_layers=1, image_hidden=16, image_ffn=64,
         image_eval=64, vit_heads=2,
-        text_steps=3, text_batch=4, text_layers=1, text_hidden=16, text_ffn=32,
+        text_steps=3, text_batch=4, text_layers=1, text_hidden=16, text_ffn=64,
         sequence_length=16, vocabulary_size=200, text_eval_batches=2, bert_heads=2,
         tiny_attention_dim=8, warmup=1),
 }
@@ -91,15 +91,24 @@ def _optimizer(steps, warmup):
     return keras.optimizers.AdamW(schedule, weight_decay=0.01, global_clipnorm=1.0)
 
 
-def _train(model, dataset, steps, warmup, loss, seed):
-    """Fits `model` for `steps` batches of `dataset`; returns (seconds, final training loss)."""
+def _train(model, dataset, steps, warmup, loss, seed, eager=False):
+    """Fits `model` for `steps` batches of `dataset`; returns (seconds, final training loss).
+
+    `eager` (the quick mode) skips tracing, which costs more than a few tiny steps.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
-    model.compile(optimizer=_optimizer(steps, warmup), loss=loss)
+    model.compile(optimizer=_optimizer(steps, warmup), loss=loss, run_eagerly=eager)
     start = time.perf_counter()
     history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     return time.perf_counter() - start, float(history.history["loss"][-1])
+
+
+def _predict(model, inputs, eager):
+    if eager:
+        return model(inputs, training=False).numpy()
+    return model.predict_on_batch(inputs)
 
 
 def _row(section, name, model, seconds, train_loss, **metrics):
@@ -141,8 +150,9 @@ def image_section(size, args):
         shape, patch, size["image_layers"], size["vit_heads"], size["image_hidden"], 10,
         quality_models.used_params(built["gmlp"]))
     for name, model in built.items():
-        seconds, train_loss = _train(model, train, size["image_steps"], size["warmup"], loss, args.seed)
-        logits = np.concatenate([model.predict_on_batch(x) for x, _ in test])
+        seconds, train_loss = _train(model, train, size["image_steps"], size["warmup"], loss, args.seed,
+                                     eager=args.quick)
+        logits = np.concatenate([_predict(model, x, args.quick) for x, _ in test])
         top1 = float(np.mean(np.argmax(logits, -1) == labels))
         rows.append(_row("image", name, model, seconds, train_loss, top1=round(top1, 4),
                          examples=int(len(labels))))
@@ -214,10 +224,11 @@ def text_section(size, args):
     rows = []
     for name, build in builders.items():
         model = build()
-        seconds, train_loss = _train(model, train, size["text_steps"], size["warmup"], loss, args.seed)
+        seconds, train_loss = _train(model, train, size["text_steps"], size["warmup"], loss, args.seed,
+                                     eager=args.quick)
         total, weight = 0.0, 0.0
         for x, ids, weights in test:
-            logits = model.predict_on_batch(x)
+            logits = _predict(model, x, args.quick)
             nll = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
             total += float(np.sum(np.asarray(nll) * weights.numpy()))
             weight += float(np.sum(weights.numpy()))

@@ -23,19 +23,18 @@ def used_params(model):
     return int(sum(w.numpy().size for w in model.weights if "pooled_dense" not in w.path))
 
 
-def _matched_width(build, target, low=8, high=8192):
-    """The width w in [low, high] whose `used_params(build(w))` is closest to `target`."""
-    best = None
-    while low <= high:
-        mid = (low + high) // 2
-        count = used_params(build(mid))
-        if best is None or abs(count - target) < abs(best[1] - target):
-            best = (mid, count)
-        if count < target:
-            low = mid + 1
-        else:
-            high = mid - 1
-    return best[0]
+def _matched_width(build, target, low=8):
+    """The width w >= `low` whose `used_params(build(w))` is closest to `target`.
+
+    The count is linear in an MLP's width (both its matrices and a bias grow with it), so two
+    builds give the line and a third, at the rounded solution, checks it.
+    """
+    a, b = used_params(build(low)), used_params(build(2 * low))
+    per_unit = (b - a) / low
+    width = max(low, int(round(low + (target - a) / per_unit)))
+    if used_params(build(width)) != a + per_unit * (width - low):
+        raise AssertionError("parameter count is not linear in the width")
+    return width
 
 
 def vit_classifier(image_shape, patch_size, num_layers, num_heads, hidden_dim, num_classes,

@@ -268,8 +268,8 @@ def register_validators(kind, fv=flags.FLAGS):
     check("cutmix_alpha", lambda v: v >= 0, "a float >= 0")
     check("randaugment_layers", lambda v: v >= 0, "an integer >= 0")
     check("classifier_dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
-    check("data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or glob "
-          "that matches files")
+    check("data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB / idx:DIR source or a path "
+          "or glob that matches files")
     check("eval_data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or "
           "glob that matches files")
     check("init_checkpoint", _checkpoint_exists,
@@ -322,7 +322,7 @@ def _gfile():
 
 
 def _local_source_exists(value):
-    if value is None or value.startswith(("tfds:", "tfrecord:")):
+    if value is None or value == "fashion_mnist" or value.startswith(("tfds:", "tfrecord:", "idx:")):
         return True  # checked by the data pipeline
     return bool(_gfile().glob(value))
 

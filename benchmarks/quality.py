@@ -1,7 +1,7 @@
 """Does keras_gmlp's gMLP learn as well as a Transformer? Held-out quality on real data.
 
-    python -m benchmarks.quality            # about 15-20 minutes on 2 cores
-    python -m benchmarks.quality --quick    # tiny sizes and steps (under a minute): a smoke run
+    python -m benchmarks.quality            # sized for about 20 minutes on 2 idle cores
+    python -m benchmarks.quality --quick    # tiny sizes, 3 eager steps per model: a smoke run
 
 Two real data sets that install offline:
 - Fashion-MNIST (Debian `dataset-fashion-mnist`, IDX files, read by keras_gmlp.data.idx):

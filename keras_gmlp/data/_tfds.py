@@ -3,8 +3,11 @@
 from absl import logging
 
 
-def load(name, split, data_dir, source):
-    """(builder, dataset of feature dicts) for "tfds:NAME[/CONFIG]", read from `data_dir` only."""
+def load(name, split, data_dir, source, shuffle_seed=None):
+    """(builder, dataset of feature dicts) for "tfds:NAME[/CONFIG]", read from `data_dir` only.
+
+    With `shuffle_seed`, the dataset's files are read in a seeded order, reshuffled each epoch.
+    """
     import tensorflow_datasets as tfds  # slow import; only TFDS sources need it
 
     try:
@@ -12,7 +15,11 @@ def load(name, split, data_dir, source):
     except Exception as error:  # DatasetNotFoundError, bad config names, ...
         raise ValueError(f"`source`={source!r}: TFDS cannot build {name!r}: {error}") from error
     try:
-        dataset = builder.as_dataset(split=split, shuffle_files=False)
+        read_config = None
+        if shuffle_seed is not None:
+            read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=True)
+        dataset = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                                     read_config=read_config)
     except Exception as error:  # not prepared: AssertionError; unknown split: ValueError/KeyError
         raise ValueError(
             f"`source`={source!r}, `split`={split!r}, `data_dir`={data_dir!r}: the dataset could not be "

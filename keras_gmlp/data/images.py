@@ -9,7 +9,22 @@ Sources (`source` argument):
 - a directory ROOT laid out as ROOT/SPLIT/LABEL/*.jpg|jpeg|png|gif|bmp; labels are the sorted
   LABEL directory names.
 - "tfrecord:GLOB": `tf.train.Example` with bytes "image/encoded" and int64 "image/class/label"
-  (minus `label_offset`, e.g. 1 for TF-slim ImageNet files where 0 is background).
+  (minus `label_offset`, e.g. 1 for TF-slim ImageNet files where 0 is background). A "{split}"
+  in the glob is replaced by the split ("tfrecord:/data/fmnist-{split}-*.tfrecord"); without
+  one the glob holds the training data and any other split raises (never evaluate on it).
+- "idx:DIR": IDX files DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST format;
+  "test"/"validation" = t10k). "fashion_mnist" = "idx:/usr/share/datasets/fashion-mnist"
+  (Debian's `dataset-fashion-mnist`, installed offline; see `keras_gmlp.data.idx`).
+
+Order: sources that fit in memory as a list (digits, IDX arrays, folder file lists, TFRecords
+up to `IN_MEMORY_TFRECORD_BYTES`) are shuffled whole, seeded, anew each epoch, so a list sorted
+by class trains like a shuffled one; larger TFRecord globs and TFDS datasets shuffle their file
+order each epoch and then mix records in a `shuffle_buffer_size` buffer.
+
+Channels: grayscale sources (digits, IDX, gray image files) give 1 channel, colour ones 3,
+unless `channels` asks otherwise. Evaluation images are prepared by
+`keras_gmlp.data.image_preprocessing` (also used by the SavedModel export), with defaults that
+suit the resolution (no centre crop below 128 pixels).
 
 Output: (images float32 (batch, H, W, C) with pixel values in [0, 255], labels): int32 class
 ids, or float32 (batch, num_classes) one-hot/soft labels when MixUp, CutMix or label smoothing
@@ -26,12 +41,18 @@ from absl import logging
 
 from keras_gmlp.data import _common
 from keras_gmlp.data import _tfds
+from keras_gmlp.data import idx
+from keras_gmlp.data import image_preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DIGITS_NAME = "scikit-learn load_digits"
 _DIGITS_SPLITS = {"train": "train", "validation": "validation", "test": "validation"}
+# TFRecord globs up to this size are read into memory and shuffled whole each epoch.
+IN_MEMORY_TFRECORD_BYTES = 256 << 20
+SPLIT_PLACEHOLDER = "{split}"
+_CHANNEL_PROBES = 8  # files / records decoded to tell grayscale from colour sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +85,85 @@ def _digits(split):
     return images, labels, info
 
 
+def source_kind(source):
+    """("default" | "tfds" | "tfrecord" | "idx" | "files", rest) for an image source string."""
+    if source == "fashion_mnist":
+        return "idx", idx.FASHION_MNIST_DIR
+    if isinstance(source, str) and source.startswith("idx:"):
+        _common.check(source[4:], "source", source, '"idx:" followed by a directory')
+        return "idx", source[4:]
+    return _common.split_source(source)
+
+
+def tfrecord_pattern(pattern, split, source):
+    """The glob of `split`: "{split}" replaced; without it, only the "train" split exists."""
+    if SPLIT_PLACEHOLDER in pattern:
+        return pattern.replace(SPLIT_PLACEHOLDER, split)
+    if split != "train":
+        raise ValueError(
+            f"`source`={source!r}, `split`={split!r}: this TFRecord glob has no {SPLIT_PLACEHOLDER} "
+            f"placeholder, so it holds the training data only and reading it as {split!r} would "
+            "evaluate on training examples. Put {split} in the glob (e.g. "
+            "'tfrecord:/data/fmnist-{split}-*.tfrecord') or pass the held-out files as their own source.")
+    return pattern
+
+
+def data_identity(source, split="train", data_dir=None):
+    """A frozenset naming the stored examples `source`'s `split` reads (files, dataset splits).
+
+    Two (source, split) pairs whose identities intersect read some of the same examples; trainers
+    use this to refuse evaluating on training data.
+    """
+    kind, rest = source_kind(source)
+    if kind == "default":
+        _common.check(split in _DIGITS_SPLITS, "split", split, f"one of {sorted(_DIGITS_SPLITS)} for the digits default")
+        return frozenset({f"digits:{_DIGITS_SPLITS[split]}"})
+    if kind == "tfds":
+        return frozenset({f"tfds:{os.path.realpath(data_dir or '~')}:{rest}:{split}"})
+    if kind == "idx":
+        _common.check(split in idx.SPLIT_PREFIXES, "split", split, f"one of {sorted(idx.SPLIT_PREFIXES)} for {source!r}")
+        return frozenset({f"idx:{os.path.realpath(rest)}:{idx.SPLIT_PREFIXES[split]}"})
+    if kind == "files":
+        return frozenset({"files:" + os.path.realpath(os.path.join(rest, split))})
+    files = _common.glob_files(tfrecord_pattern(rest, split, source), source)
+    return frozenset("tfrecord:" + os.path.realpath(f) for f in files)
+
+
+def _idx(directory, split, source):
+    images, labels = idx.load_split(directory, split, source)
+    names = idx.FASHION_MNIST_LABELS if os.path.realpath(directory) == os.path.realpath(
+        idx.FASHION_MNIST_DIR) else tuple(str(i) for i in range(int(labels.max()) + 1))
+    info = DatasetInfo(len(names), tuple(names), tuple(images.shape[1:]), len(labels))
+    return images, labels, info
+
+
+def _native_channels(encoded_images):
+    """1 when every probed image is gray (with or without alpha), else 3."""
+    for encoded in encoded_images:
+        try:
+            have = int(tf.io.decode_image(encoded, channels=0, expand_animations=False).shape[-1])
+        except (tf.errors.InvalidArgumentError, ValueError):
+            continue  # unreadable: skipped (and counted) by the pipeline
+        if have >= 3:
+            return 3
+    return 1
+
+
+def _probe_files(paths):
+    step = max(len(paths) // _CHANNEL_PROBES, 1)
+    return [tf.io.read_file(p) for p in paths[::step][:_CHANNEL_PROBES]]
+
+
+def _probe_records(records):
+    probes = []
+    for record in records.take(_CHANNEL_PROBES):
+        try:
+            probes.append(tf.io.parse_single_example(record, _TFRECORD_SPEC)["image/encoded"])
+        except tf.errors.InvalidArgumentError:
+            continue
+    return probes
+
+
 def _folder_files(root, split, source):
     split_dir = os.path.join(root, split)
     if not tf.io.gfile.isdir(split_dir):
@@ -90,9 +190,9 @@ _TFRECORD_SPEC = {
 }
 
 
-def _scan_tfrecord_labels(pattern, source, label_offset):
+def _scan_tfrecord_labels(files, source, label_offset):
     counter = _common.skip_counter(source)
-    records = _common.tfrecords(_common.glob_files(pattern, source), counter)
+    records = _common.tfrecords(files, counter)
     if records is None:
         raise ValueError(f"`source`={source!r}: every matching TFRecord file is empty.")
     labels = _common.try_map(
@@ -112,9 +212,11 @@ def dataset_info(source=None, split="train", data_dir=None, *, num_classes=None,
 
     For "tfrecord:" sources without `num_classes` the labels are read once (max label + 1).
     """
-    kind, rest = _common.split_source(source)
+    kind, rest = source_kind(source)
     if kind == "default":
         return _digits(split)[2]
+    if kind == "idx":
+        return _idx(rest, split, source)[2]
     if kind == "tfds":
         builder, _ = _tfds.load(rest, split, data_dir, source)
         image_key = _tfds.feature_key(builder, "image", None, source, "source")
@@ -128,55 +230,117 @@ def dataset_info(source=None, split="train", data_dir=None, *, num_classes=None,
                            examples)
     if kind == "files":
         paths, _, names = _folder_files(rest, split, source)
-        return DatasetInfo(len(names), names, (None, None, 3), len(paths))
+        return DatasetInfo(len(names), names, (None, None, _native_channels(_probe_files(paths))), len(paths))
+    files = _common.glob_files(tfrecord_pattern(rest, split, source), source)
+    records = _in_memory_records(files, _common.skip_counter(source))
+    if records is not None:
+        records = tf.data.Dataset.from_tensor_slices(records[:_CHANNEL_PROBES])
+    else:
+        records = _common.tfrecords(files, _common.skip_counter(source))
+    channels = _native_channels(_probe_records(records)) if records is not None else 3
     if num_classes is None:
-        labels = _scan_tfrecord_labels(rest, source, label_offset)
+        labels = _tfrecord_labels(files, source, label_offset)
         if labels.size == 0:
             raise ValueError(f"`source`={source!r} yields no examples.")
         return DatasetInfo(int(labels.max()) + 1, tuple(str(i) for i in range(int(labels.max()) + 1)),
-                           (None, None, 3), int(labels.size))
-    return DatasetInfo(num_classes, tuple(str(i) for i in range(num_classes)), (None, None, 3), None)
+                           (None, None, channels), int(labels.size))
+    return DatasetInfo(num_classes, tuple(str(i) for i in range(num_classes)), (None, None, channels), None)
 
 
 def _decode(encoded, channels):
-    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-    tf.debugging.assert_positive(tf.size(image), "empty image")
-    return tf.cast(image, tf.float32)
+    return image_preprocessing.decode_image(encoded, channels)
 
 
-def _source(source, split, data_dir, channels, label_offset):
-    """(examples of (payload, label), decode(payload) -> float32 (h, w, c), info, channels)."""
-    kind, rest = _common.split_source(source)
-    if kind == "default":
-        images, labels, info = _digits(split)
-        logging.info("using default image dataset %s, split %r (%d images of 8x8x1, 10 classes)",
-                     DIGITS_NAME, split, len(labels))
-        channels = channels or 1
-        return tf.data.Dataset.from_tensor_slices((images, labels)), None, info, channels
+_IN_MEMORY_CACHE = {}  # (files, sizes, mtimes) -> records; the last few globs read
+
+
+def _in_memory_records(files, counter):
+    """All records of `files` as one string tensor when they total at most
+    `IN_MEMORY_TFRECORD_BYTES` on disk, else None. Empty and corrupt files are reported to
+    `counter` as `_common.tfrecords` does (records before a corruption are kept)."""
+    stats = [tf.io.gfile.stat(f) for f in files]
+    if sum(st.length for st in stats) > IN_MEMORY_TFRECORD_BYTES:
+        return None
+    key = tuple((f, st.length, st.mtime_nsec) for f, st in zip(files, stats))
+    if key not in _IN_MEMORY_CACHE:
+        values = []
+        for path, st in zip(files, stats):
+            if st.length == 0:
+                counter.add("empty file", path)
+                continue
+            read = [r for batch in tf.data.TFRecordDataset(path).ignore_errors().batch(8192)
+                    .as_numpy_iterator() for r in batch]
+            if sum(len(r) + _common.TFRECORD_OVERHEAD for r in read) != st.length:
+                counter.add("corrupt TFRecord data (rest of file unreadable)", path)
+            values.extend(read)
+        while len(_IN_MEMORY_CACHE) >= 4:
+            _IN_MEMORY_CACHE.pop(next(iter(_IN_MEMORY_CACHE)))
+        _IN_MEMORY_CACHE[key] = tf.constant(values, tf.string) if values else None
+    return _IN_MEMORY_CACHE[key]
+
+
+def _tfrecord_labels(files, source, label_offset):
+    records = _in_memory_records(files, _common.skip_counter(source))
+    if records is not None:
+        try:
+            return tf.io.parse_example(records, _TFRECORD_SPEC)["image/class/label"].numpy() - label_offset
+        except tf.errors.InvalidArgumentError:
+            pass  # an unparsable record: the record-by-record scan skips and counts it
+    return _scan_tfrecord_labels(files, source, label_offset)
+
+
+def _source(source, split, data_dir, channels, label_offset, shuffle_seed, num_classes):
+    """(examples, decoder or None, info, channels).
+
+    `examples` is ("indexed", (tensors...), n): n examples held in memory, each the slices of the
+    tensors at one index (shuffled whole by the caller); or ("stream", dataset) for sources too
+    large to hold, whose file order is shuffled here with `shuffle_seed` (None = in order).
+    `decoder` is (decode(*example) -> (image float32, label), reason, describe(*example)).
+    """
+    kind, rest = source_kind(source)
+    if kind in ("default", "idx"):
+        if kind == "default":
+            images, labels, info = _digits(split)
+            logging.info("using default image dataset %s, split %r (%d images of 8x8x1, 10 classes)",
+                         DIGITS_NAME, split, len(labels))
+        else:
+            images, labels, info = _idx(rest, split, source)
+            logging.info("reading IDX images %s, split %r: %d images of %s", rest, split, len(labels),
+                         info.image_shape)
+        channels = channels or info.image_shape[-1]
+        return ("indexed", (tf.constant(images), tf.constant(labels)), len(labels)), None, info, channels
     if kind == "tfds":
-        builder, raw = _tfds.load(rest, split, data_dir, source)
+        builder, raw = _tfds.load(rest, split, data_dir, source, shuffle_seed=shuffle_seed)
         info = dataset_info(source, split, data_dir)
         image_key = _tfds.feature_key(builder, "image", None, source, "source")
         label_key = _tfds.feature_key(builder, "label", None, source, "source")
         channels = channels or info.image_shape[-1] or 3
         examples = raw.map(lambda e: (tf.cast(e[image_key], tf.float32), tf.cast(e[label_key], tf.int32)),
                            num_parallel_calls=AUTOTUNE, deterministic=True)
-        return examples, None, info, channels
-    channels = channels or 3
+        return ("stream", examples), None, info, channels
     counter = _common.skip_counter(source)
     if kind == "files":
         paths, labels, names = _folder_files(rest, split, source)
-        info = DatasetInfo(len(names), names, (None, None, 3), len(paths))
-        examples = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
+        info = dataset_info(source, split, data_dir)
+        channels = channels or info.image_shape[-1]
 
         def decode(path, label):
             return _decode(tf.io.read_file(path), channels), label
 
+        examples = ("indexed", (tf.constant(paths), tf.constant(labels, tf.int32)), len(paths))
         return examples, (decode, "unreadable image", lambda path, label: path), info, channels
-    records = _common.tfrecords(_common.glob_files(rest, source), counter)
-    if records is None:
-        raise ValueError(f"`source`={source!r}: every matching TFRecord file is empty.")
-    info = None  # filled by the caller (needs num_classes)
+    files = _common.glob_files(tfrecord_pattern(rest, split, source), source)
+    info = dataset_info(source, split, data_dir, num_classes=num_classes, label_offset=label_offset)
+    channels = channels or info.image_shape[-1]
+    in_memory = _in_memory_records(files, counter)
+    if in_memory is not None:
+        examples = ("indexed", (in_memory,), int(in_memory.shape[0]))
+    else:
+        records = _common.tfrecords(files, counter, num_parallel_reads=16 if shuffle_seed is not None else 4,
+                                    shuffle_seed=shuffle_seed)
+        if records is None:
+            raise ValueError(f"`source`={source!r}: every matching TFRecord file is empty.")
+        examples = ("stream", records)
 
     def decode_record(record):
         features = tf.io.parse_single_example(record, _TFRECORD_SPEC)
@@ -186,39 +350,15 @@ def _source(source, split, data_dir, channels, label_offset):
 
     describe = lambda r: tf.strings.join(  # noqa: E731
         [source, ": record of ", tf.strings.as_string(tf.strings.length(r)), " bytes"])
-    return records, (decode_record, "undecodable tf.train.Example image", describe), info, channels
+    return examples, (decode_record, "undecodable tf.train.Example image", describe), info, channels
 
 
 # ---------------------------------------------------------------------------------------------
 # Per-image preprocessing (stateless: randomness depends on (seed, element index) only).
 
 
-def _match_channels(image, channels):
-    have = image.shape[-1]
-    if have == channels or have is None:
-        return image
-    if have == 1 and channels == 3:
-        return tf.image.grayscale_to_rgb(image)
-    if have == 3 and channels == 1:
-        return tf.image.rgb_to_grayscale(image)
-    raise ValueError(f"`channels`={channels}: cannot convert images with {have} channels.")
-
-
 def _resize(image, size):
-    return tf.image.resize(image, size, method="bilinear", antialias=True)
-
-
-def _center_crop(image, size, fraction):
-    """Aspect-preserving central crop covering `fraction` of the shorter side, resized to `size`."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    target_aspect = size[1] / size[0]
-    crop_h = fraction * tf.minimum(shape[0], shape[1] / target_aspect)
-    crop_w = crop_h * target_aspect
-    crop_h = tf.maximum(tf.cast(tf.round(crop_h), tf.int32), 1)
-    crop_w = tf.maximum(tf.cast(tf.round(crop_w), tf.int32), 1)
-    top = (tf.shape(image)[0] - crop_h) // 2
-    left = (tf.shape(image)[1] - crop_w) // 2
-    return _resize(image[top : top + crop_h, left : left + crop_w], size)
+    return image_preprocessing.resize(image, size)
 
 
 def _random_resized_crop(image, size, scale, ratio, seed):
@@ -257,6 +397,7 @@ def image_dataset(
     cutmix_alpha=0.0,
     label_smoothing=0.0,
     center_crop_fraction=None,
+    preprocessing=None,
     label_offset=0,
     shuffle=None,
     repeat=None,
@@ -276,13 +417,13 @@ def image_dataset(
         batch_size: examples per batch from this pipeline (per replica under
             `distribute_datasets_from_function`).
         training: augment (random-resized-crop, flip, RandAugment, MixUp/CutMix) or evaluate
-            (aspect-preserving center crop of `center_crop_fraction` of the shorter side,
-            resized to image_size; no randomness).
+            (`image_preprocessing.preprocess_image` with `preprocessing`; no randomness).
         seed: int; crop/flip randomness is a stateless function of (seed, element index), so
             it resumes exactly from an iterator checkpoint. RandAugment/MixUp/CutMix are Keras
             layers seeded with `seed` (reproducible from the start of a run).
         num_classes: needed for one-hot labels from TFRecords (default: read from the data).
-        channels: output channels (default: 1 for digits, else 3; converts gray <-> RGB).
+        channels: output channels (default: the source's: 1 for grayscale sources, else 3;
+            converts gray <-> RGB).
         random_resized_crop, horizontal_flip: None = on, except for the digits default (8x8
             digits are neither mirror-symmetric nor croppable without losing strokes).
         crop_scale, crop_ratio: area fraction and aspect-ratio ranges of the crop.
@@ -290,9 +431,15 @@ def image_dataset(
         mixup_alpha, cutmix_alpha: > 0 turns on `keras.layers.MixUp(alpha)` /
             `keras.layers.CutMix(factor)`; with both, each batch uses one of them (p = 0.5).
         label_smoothing: epsilon of uniform label smoothing (training only).
-        center_crop_fraction: evaluation crop (default 0.875; 1.0 for digits).
+        center_crop_fraction: evaluation crop (default: `image_preprocessing`'s for the
+            resolution, 1.0 below 128 pixels); overrides `preprocessing`'s.
+        preprocessing: an `image_preprocessing` config for evaluation (e.g. the one a model was
+            exported with); default `preprocessing_config((*image_size, channels))`. Its
+            image_size and channels then set the output's.
         label_offset: subtracted from TFRecord labels.
-        shuffle, repeat, drop_remainder: default to `training`.
+        shuffle, repeat, drop_remainder: default to `training`. Shuffling permutes the whole
+            source each epoch where it fits in memory (see the module docstring), else uses a
+            `shuffle_buffer_size` buffer after shuffling the file order.
         input_context: `tf.distribute.InputContext`; element-level sharding after shuffling.
         skip_batches: start after this many batches of this pipeline (resuming where the
             iterator cannot be checkpointed). Crops and flips then match an uninterrupted run
@@ -310,6 +457,15 @@ def image_dataset(
     for name, pair, low in (("crop_scale", crop_scale, 0), ("crop_ratio", crop_ratio, 0)):
         _common.check(len(pair) == 2 and low < pair[0] <= pair[1], name, pair, "(low, high) with 0 < low <= high")
     _common.check(crop_scale[1] <= 1, "crop_scale", crop_scale, "an area range within (0, 1]")
+    if preprocessing is not None:
+        preprocessing = image_preprocessing.check_config(preprocessing)
+        wanted_size = tuple(preprocessing["image_size"])
+        given_size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        _common.check(given_size is None or tuple(given_size) == wanted_size, "image_size", image_size,
+                      f"None or {wanted_size}, as `preprocessing` says")
+        _common.check(channels in (None, preprocessing["channels"]), "channels", channels,
+                      f"None or {preprocessing['channels']}, as `preprocessing` says")
+        image_size, channels = tuple(preprocessing["image_size"]), preprocessing["channels"]
     if image_size is not None:
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
@@ -322,11 +478,10 @@ def image_dataset(
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
 
-    kind, _ = _common.split_source(source)
+    kind, _ = source_kind(source)
     is_digits = kind == "default"
-    examples, decoder, info, channels = _source(source, split, data_dir, channels, label_offset)
-    if info is None:
-        info = dataset_info(source, split, data_dir, num_classes=num_classes, label_offset=label_offset)
+    examples, decoder, info, channels = _source(source, split, data_dir, channels, label_offset,
+                                                seed if shuffle else None, num_classes)
     num_classes = num_classes or info.num_classes
     if image_size is None:
         native = info.image_shape[:2]
@@ -337,21 +492,44 @@ def image_dataset(
         random_resized_crop = not is_digits
     if horizontal_flip is None:
         horizontal_flip = not is_digits
-    if center_crop_fraction is None:
-        center_crop_fraction = 1.0 if is_digits else 0.875
-    _common.check(0 < center_crop_fraction <= 1, "center_crop_fraction", center_crop_fraction, "a float in (0, 1]")
+    if center_crop_fraction is not None:
+        _common.check(isinstance(center_crop_fraction, (int, float)) and 0 < center_crop_fraction <= 1,
+                      "center_crop_fraction", center_crop_fraction, "a float in (0, 1]")
+    if preprocessing is None:
+        preprocessing = image_preprocessing.preprocessing_config((*image_size, channels),
+                                                                 crop_fraction=center_crop_fraction)
+    elif center_crop_fraction is not None:
+        preprocessing = dict(preprocessing, crop_fraction=float(center_crop_fraction))
     mixing = training and (mixup_alpha > 0 or cutmix_alpha > 0)
     smoothing = label_smoothing if training else 0.0
     one_hot = mixing or smoothing > 0
 
+    if examples[0] == "indexed":
+        _, tensors, size = examples
+        _common.check(size > 0, "source", source, f"a source with examples in split {split!r}")
+        # Only indices pass through the shuffle: a full permutation per epoch costs 8 bytes an
+        # example in the buffer (and in an iterator checkpoint), whatever the payload.
+        order = tf.data.Dataset.range(size)
+        if shuffle:
+            order = order.shuffle(size, seed=seed, reshuffle_each_iteration=True)
+
+        def gather(i):  # TFRecords hold one string per example, like a record stream
+            if len(tensors) == 1:
+                return tf.gather(tensors[0], i)
+            return tuple(tf.gather(t, i) for t in tensors)
+
+        finite = tf.data.Dataset.range(size).map(gather)
+        examples = order.map(gather)
+    else:
+        finite = examples = examples[1]
+        if shuffle:
+            examples = examples.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     if decoder is not None:
         # Probe the finite stream (a repeated one of only unreadable images would never end).
         decode, reason, describe = decoder
-        probe = _common.try_map(examples, lambda *e: decode(*e), (tf.zeros([1, 1, channels]), tf.constant(0)),
+        probe = _common.try_map(finite, lambda *e: decode(*e), (tf.zeros([1, 1, channels]), tf.constant(0)),
                                 _common.skip_counter(source), reason, lambda *e: describe(*e))
         _common.require_elements(probe, 1, source, "readable images")
-    if shuffle:
-        examples = examples.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         examples = examples.repeat()
     examples = _common.shard(examples.enumerate(), input_context)
@@ -372,8 +550,8 @@ def image_dataset(
 
     def _preprocess(index, element):
         image, label = element
-        image = _match_channels(tf.cast(image, tf.float32), channels)
         if training:
+            image = image_preprocessing.match_channels(tf.cast(image, tf.float32), channels)
             crop_seed, flip_seed = tf.unstack(
                 tf.random.experimental.stateless_split(_common.element_seed(seed, index), 2))
             if random_resized_crop:
@@ -382,9 +560,9 @@ def image_dataset(
                 image = _resize(image, image_size)
             if horizontal_flip:
                 image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+            image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (*image_size, channels))
         else:
-            image = _center_crop(image, image_size, center_crop_fraction)
-        image = tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), (*image_size, channels))
+            image = image_preprocessing.preprocess_image(image, preprocessing)
         if one_hot:
             label = tf.one_hot(label, num_classes, dtype=tf.float32)
             if smoothing > 0:

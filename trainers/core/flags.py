@@ -154,7 +154,18 @@ def define_image_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_integer("num_classes", None, "Number of labels; unset reads it from the data.",
                          flag_values=fv)
-    flags.DEFINE_string("eval_split", "test", "Evaluation split.", flag_values=fv)
+    flags.DEFINE_string("eval_split", "test", "Evaluation split of --eval_data (or of --data when "
+                        "unset): a folder's SPLIT directory, an IDX or TFDS split, or the "
+                        "{split} of a TFRecord glob.", flag_values=fv)
+    flags.DEFINE_string("eval_data", None, "Evaluation source (same forms as --data); unset "
+                        "evaluates on --eval_split of --data. Evaluation never reads training "
+                        "data: a TFRecord --data without a {split} placeholder needs this flag.",
+                        flag_values=fv)
+    flags.DEFINE_integer("image_channels", None, "1 or 3; unset uses the data's (1 for "
+                         "grayscale sources).", flag_values=fv)
+    flags.DEFINE_float("eval_crop_fraction", None, "Centre crop of evaluation and exported "
+                       "images, a fraction of the shorter side; unset: 0.875 from 128 pixels "
+                       "up, else 1.0 (keras_gmlp.data.image_preprocessing).", flag_values=fv)
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", flag_values=fv)
     flags.DEFINE_float("mixup_alpha", 0.0, "MixUp alpha; 0 disables.", flag_values=fv)
     flags.DEFINE_float("cutmix_alpha", 0.0, "CutMix alpha; 0 disables.", flag_values=fv)
@@ -165,6 +176,44 @@ def define_image_flags(fv=flags.FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("classifier_dropout", 0.0, "Dropout before the classification layer.",
                        flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["data", "eval_data", "eval_split", "data_dir", "image_channels", "eval_crop_fraction"],
+        _check_image_eval_flags, flag_values=fv)
+
+
+def image_eval_source(data, eval_data, eval_split, data_dir=None):
+    """(source, split) that the image trainer evaluates on; ValueError naming the flags when it
+    would read any training example of --data (or cannot be read as a held-out split)."""
+    from keras_gmlp.data import images  # lazily: TensorFlow is slow to import for --help
+
+    source = eval_data or data
+    split = eval_split
+    kind, rest = images.source_kind(source)
+    if eval_data and kind == "tfrecord" and images.SPLIT_PLACEHOLDER not in rest:
+        split = "train"  # a plain glob given for evaluation is read whole
+    where = f"--data={data!r}, --eval_data={eval_data!r}, --eval_split={eval_split!r}"
+    try:
+        overlap = images.data_identity(source, split, data_dir) & images.data_identity(data, "train", data_dir)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error} Pass --eval_data=HELD_OUT_SOURCE.") from error
+    if overlap:
+        raise ValueError(f"{where}: evaluation would read training data ({len(overlap)} shared item(s), "
+                         f"e.g. {sorted(overlap)[0]!r}); pass --eval_data with held-out examples or "
+                         "another --eval_split.")
+    return source, split
+
+
+def _check_image_eval_flags(values):
+    if values["image_channels"] not in (None, 1, 3):
+        raise flags.ValidationError(f"--image_channels={values['image_channels']}: expected 1 or 3.")
+    crop = values["eval_crop_fraction"]
+    if crop is not None and not 0 < crop <= 1:
+        raise flags.ValidationError(f"--eval_crop_fraction={crop}: expected a float in (0, 1].")
+    try:
+        image_eval_source(values["data"], values["eval_data"], values["eval_split"], values["data_dir"])
+    except ValueError as error:
+        raise flags.ValidationError(str(error)) from error
+    return True
 
 
 def parse_overrides(text):
@@ -256,8 +305,8 @@ def register_validators(kind, fv=flags.FLAGS):
     check("cutmix_alpha", lambda v: _finite(v) and v >= 0, "a finite float >= 0")
     check("randaugment_layers", lambda v: v >= 0, "an integer >= 0")
     check("classifier_dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
-    check("data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or glob "
-          "that matches files")
+    check("data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB / idx:DIR source or a path "
+          "or glob that matches files")
     check("eval_data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or "
           "glob that matches files")
     check("init_checkpoint", _checkpoint_exists,
@@ -354,7 +403,7 @@ def _gfile():
 
 
 def _local_source_exists(value):
-    if value is None or value.startswith(("tfds:", "tfrecord:")):
+    if value is None or value == "fashion_mnist" or value.startswith(("tfds:", "tfrecord:", "idx:")):
         return True  # checked by the data pipeline
     return bool(_gfile().glob(value))
 

@@ -59,7 +59,8 @@ def _image_task(data, batch, *args):
 
     fv = flags.FlagValues()
     train_image_classifier.define_flags(fv)
-    fv(["benchmark", "--model_dir=/nonexistent", f"--data={data}", f"--global_batch_size={batch}",
+    source = [f"--data={data}"] if data else []
+    fv(["benchmark", "--model_dir=/nonexistent", *source, f"--global_batch_size={batch}",
         *TRAINER_ARGS, *args])
     task = train_image_classifier.ImageClassificationTask(fv)
     task.prepare(None, False)

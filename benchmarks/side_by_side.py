@@ -2,6 +2,7 @@
 
     python -m benchmarks.side_by_side --baseline 390267b            # gMLP-S/16 and the 102M MLM
     python -m benchmarks.side_by_side --baseline 390267b --quick    # tiny sizes: checks it runs
+    python -m benchmarks.side_by_side --baseline 390267b --graphs   # same ops traced? (no timing)
 
 The baseline commit's `keras_gmlp` is taken with `git archive`, renamed `keras_gmlp_baseline`
 (imports and the Keras registration package alike, so both register side by side) and
@@ -93,7 +94,7 @@ def _batch(case):
 
 
 def _steps(model, inputs, labels, weights):
-    """The compiled training step (a closure over the batch) and the inference function."""
+    """The compiled training step with its arguments, and the compiled inference step."""
     import tensorflow as tf
 
     from benchmarks.steps import make_inference_step
@@ -102,10 +103,52 @@ def _steps(model, inputs, labels, weights):
     example = tf.nest.map_structure(lambda t: t[:1], inputs)
     infer = make_inference_step(model, example)
     if weights is None:
-        train = make_train_step(model, example, labels[:1])
-        return (lambda: train(inputs, labels)), infer
-    train = make_train_step(model, example, labels[:1], weighted=True)
-    return (lambda: train(inputs, labels, weights)), infer
+        return make_train_step(model, example, labels[:1]), (inputs, labels), infer
+    return make_train_step(model, example, labels[:1], weighted=True), (inputs, labels, weights), infer
+
+
+def _op_histogram(step, *args):
+    """Op types of a traced step's graph and of every function it calls (the fused kernels)."""
+    import collections
+
+    graph = step.get_concrete_function(*args).graph
+    ops = collections.Counter(op.type for op in graph.get_operations())
+    for function in graph.as_graph_def().library.function:
+        ops.update(f"function:{node.op}" for node in function.node_def)
+    return ops
+
+
+def compare_graphs(baseline_models, cases, policies, log=print):
+    """Whether both versions trace the same ops (types and counts, kernels included) per step.
+
+    Load-independent: equal graphs run the same kernels, so their step times can differ only
+    by measurement noise.
+    """
+    import keras
+
+    from benchmarks.common import release
+    from keras_gmlp import models as current_models
+
+    rows = []
+    for name, case in cases.items():
+        for policy in policies:
+            release()
+            keras.config.set_dtype_policy(policy)
+            inputs, labels, weights = _batch(case)
+            histograms = {}
+            for version, models in (("baseline", baseline_models), ("current", current_models)):
+                train, train_args, infer = _steps(_build(models, case, policy), inputs, labels, weights)
+                histograms[version] = {"train": _op_histogram(train, *train_args),
+                                       "infer": _op_histogram(infer, inputs)}
+            for mode in ("train", "infer"):
+                base, current = histograms["baseline"][mode], histograms["current"][mode]
+                row = {"model": name, "policy": policy, "mode": mode,
+                       "baseline_ops": sum(base.values()), "current_ops": sum(current.values()),
+                       "differing_op_types": ", ".join(sorted(k for k in set(base) | set(current) if base[k] != current[k])) or "none"}
+                log(row)
+                rows.append(row)
+    release()
+    return rows
 
 
 def compare(baseline_models, cases, policies, rounds, steps, log=print):
@@ -131,10 +174,11 @@ def compare(baseline_models, cases, policies, rounds, steps, log=print):
             steps_of = {}
             outputs = {}
             for version, model in built.items():
-                train, infer = _steps(model, inputs, labels, weights)
+                train, train_args, infer = _steps(model, inputs, labels, weights)
                 outputs[version] = np.asarray(infer(inputs), "float32")  # traces the inference step
-                block_until_ready(train())  # traces the training step
-                steps_of[version] = {"train": train, "infer": lambda infer=infer: infer(inputs)}
+                block_until_ready(train(*train_args))  # traces the training step
+                steps_of[version] = {"train": lambda train=train, args=train_args: train(*args),
+                                     "infer": lambda infer=infer: infer(inputs)}
             difference = float(np.abs(outputs["current"] - outputs["baseline"]).max())
             scale = float(np.abs(outputs["baseline"]).max())
             times = {(v, m): [] for v in built for m in ("train", "infer")}
@@ -199,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (default 4)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per version per round")
     parser.add_argument("--output", default=None, help="also write the table to this file")
+    parser.add_argument("--graphs", action="store_true",
+                        help="only compare the traced steps' ops (types and counts), no timing")
     args = parser.parse_args(argv)
     cases = _cases(args.quick)
     if args.models:
@@ -211,6 +257,9 @@ def main(argv=None):
         baseline = import_baseline(args.baseline, directory)
         from benchmarks.common import log_row
 
+        if args.graphs:
+            compare_graphs(baseline, cases, [p for p in args.policies.split(",") if p], log=log_row)
+            return 0
         rows = compare(baseline, cases, [p for p in args.policies.split(",") if p], args.rounds,
                        args.steps, log=log_row)
     text = table(rows, args.baseline)

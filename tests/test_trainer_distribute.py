@@ -22,6 +22,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from trainer_processes import losses
+from trainer_processes import model_values
 from trainers import train_image_classifier
 from trainers.core import loop
 from trainers.core import run_dir
@@ -39,23 +41,6 @@ def _flag_values(model_dir, *args):
     train_image_classifier.define_flags(fv)
     fv(["trainer", f"--model_dir={model_dir}", *TINY_IMAGE, *args])
     return fv
-
-
-def _losses(model_dir):
-    """{step: loss} from metrics.jsonl; a resumed run's line for a step replaces the old one."""
-    losses = {}
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if "loss" in record:
-                losses[record["step"]] = record["loss"]
-    return losses
-
-
-def _model_values(checkpoint_path):
-    reader = tf.train.load_checkpoint(checkpoint_path)
-    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-            if key.startswith("model/")}
 
 
 # --- loop boundaries and many steps per call (in this process) -------------------------------
@@ -104,12 +89,12 @@ def loop_runs(tmp_path_factory):
 
 def test_steps_per_loop_gives_the_losses_of_one_step_per_call(loop_runs):
     one, many = loop_runs
-    expected, got = _losses(one), _losses(many)
+    expected, got = losses(one), losses(many)
     assert sorted(got) == sorted(expected) == [1, 5, 10, 15, 20]
     np.testing.assert_allclose([got[s] for s in sorted(got)],
                                [expected[s] for s in sorted(got)], rtol=1e-6)
     for step in (10, 20):
-        a, b = (_model_values(os.path.join(d, f"ckpt-{step}")) for d in (one, many))
+        a, b = (model_values(os.path.join(d, f"ckpt-{step}")) for d in (one, many))
         assert len(a) > 5
         for key in a:
             np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
@@ -132,9 +117,9 @@ def test_nan_inside_a_loop_stops_there_and_keeps_the_last_good_checkpoint(loop_r
     assert "last good checkpoint is kept" in str(error.value)
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-5")
     assert not os.path.exists(os.path.join(model_dir, "ckpt-10.index"))
-    assert sorted(_losses(model_dir)) == [1, 5]
+    assert sorted(losses(model_dir)) == [1, 5]
     # ckpt-5 is what the run without the bad batch saved at step 5.
-    got, expected = (_model_values(os.path.join(d, "ckpt-5")) for d in (model_dir, loop_runs[1]))
+    got, expected = (model_values(os.path.join(d, "ckpt-5")) for d in (model_dir, loop_runs[1]))
     for key in expected:
         assert np.all(np.isfinite(got[key])), key
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
@@ -252,7 +237,7 @@ def test_two_workers_with_per_worker_input_match_one_replica(one_replica, two_wo
     # Each worker's pipeline makes only its half of every global batch.
     for index, output in enumerate(outputs):
         assert f"pipeline ({index} of 2) reads 8 of every 16 examples" in output
-    expected, got = _losses(one_replica), _losses(model_dir)
+    expected, got = losses(one_replica), losses(model_dir)
     assert sorted(got) == list(range(1, RUN_STEPS + 1))
     # Global batch t holds the same 16 examples for 1 and 2 pipelines (elements 16t..16t+15;
     # worker p takes the ones = p mod 2), so only the float summation order differs.
@@ -270,7 +255,7 @@ def test_two_mirrored_replicas_match_one_replica(one_replica, tmp_path):
                                 "--strategy=mirrored", "--num_cpu_devices=2", *EVERY_STEP],
                                model_dir + ".log"))
     assert "MirroredStrategy with 2 replica(s)" in output
-    expected, got = _losses(one_replica), _losses(model_dir)
+    expected, got = losses(one_replica), losses(model_dir)
     for step in range(1, COMPARED_STEPS + 1):
         np.testing.assert_allclose(got[step], expected[step], rtol=1e-4, err_msg=f"step {step}")
 
@@ -295,12 +280,12 @@ def test_sigkill_of_a_worker_then_restart_of_both_resumes_exactly(two_workers, t
     outputs = _run_ok(*_workers(model_dir, args, "restart"))
     for output in outputs:
         assert f"at step {killed_at}." in output  # "Resumed from .../ckpt-N at step N."
-    expected, got = _losses(reference), _losses(model_dir)
+    expected, got = losses(reference), losses(model_dir)
     # Each process logs its first step on its own, then every 5th.
     assert {1, killed_at + 1, *range(5, RUN_STEPS + 1, 5)} == set(got)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
                                rtol=1e-6)
-    final, uninterrupted = (_model_values(tf.train.latest_checkpoint(d))
+    final, uninterrupted = (model_values(tf.train.latest_checkpoint(d))
                             for d in (model_dir, reference))
     assert final.keys() == uninterrupted.keys() and len(final) > 5
     for key in uninterrupted:

@@ -394,3 +394,24 @@ def test_nul_bytes_and_invalid_utf8_are_cleaned_before_tokenizing(tmp_path, toke
     (tmp_path / "nul.txt").write_bytes(b"a\x00b c\n\xff\x00z\n")
     lines = [line.numpy() for line in text.text_lines(str(tmp_path / "nul.txt"))]
     assert lines == [b"a b c", "\ufffd z".encode()]
+
+
+def test_labelled_texts_through_the_classifier_preprocessor_equal_classification_dataset(
+        tmp_path, tokenizer):
+    """The fine-tuning trainer maps GMLPTextClassifierPreprocessor over `labelled_texts`: its
+    batches must be `classification_dataset`'s, shuffling, repetition and cleaning included,
+    and its iterator must checkpoint (the trainer saves it)."""
+    from keras_gmlp.models import GMLPTextClassifierPreprocessor
+    from keras_gmlp.models import GMLPTokenizer
+
+    rows = [f"row {i} of the assert statement\x00 and \xff bytes\t{i % 3}" for i in range(11)]
+    (tmp_path / "train.tsv").write_bytes(("\n".join(rows) + "\n").encode("utf-8", "surrogateescape"))
+    source = str(tmp_path / "train.tsv")
+    preprocessor = GMLPTextClassifierPreprocessor(
+        GMLPTokenizer(vocabulary=tokenizer.get_vocabulary()), sequence_length=8)
+    through_preprocessor = text.labelled_texts(source, 4, seed=5).map(preprocessor)
+    expected = text.classification_dataset(source, tokenizer, 8, 4, seed=5)
+    _assert_batches_equal(_batches(through_preprocessor, 6), _batches(expected, 6))
+    iterator = iter(through_preprocessor)
+    next(iterator)
+    tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt"))

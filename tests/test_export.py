@@ -707,3 +707,26 @@ def test_raw_text_is_tokenized_as_the_data_pipelines_do_nul_bytes_included(expor
                 assert row[row_mask == 1].tolist() == expected_row[:N]
         else:
             np.testing.assert_array_equal(out["num_masks"], [0, 0, 1, 0])
+
+
+def test_text_exports_take_the_tokenizer_of_the_models_preprocessor(tmp_path):
+    """A model built with (or loaded with) its preprocessor exports `predict_text` without a
+    `tokenizer` argument, and serves raw strings as `model.predict` does."""
+    from keras_gmlp.models import GMLPTextClassifierPreprocessor
+    from keras_gmlp.models import GMLPTokenizer
+
+    texts = ["a fine film", "dull and long", "the cat sat on the mat"] * 3
+    tokenizer = GMLPTokenizer.from_corpus(texts, 40)
+    backbone = GMLPBackbone(vocabulary_size=tokenizer.vocabulary_size(), sequence_length=8,
+                            num_layers=1, hidden_dim=16, ffn_dim=32)
+    preprocessor = GMLPTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    model = GMLPTextClassifier(backbone, 3, preprocessor=preprocessor)
+    path = keras_gmlp.export.export_text_classifier(model, str(tmp_path / "base"))
+    served = tf.saved_model.load(path).signatures["predict_text"](
+        text=tf.constant(texts[:3] + ["a film never seen \x00 before and much longer than eight"]))
+    expected = model.predict(texts[:3] + ["a film never seen \x00 before and much longer than eight"],
+                             verbose=0)
+    np.testing.assert_allclose(served["logits"].numpy(), expected, atol=1e-5)
+    other = GMLPTokenizer.from_corpus(["completely other words here"] * 3, 20)
+    with pytest.raises(ValueError, match="differs from the one of the model's preprocessor"):
+        keras_gmlp.export.export_text_classifier(model, str(tmp_path / "other"), tokenizer=other)

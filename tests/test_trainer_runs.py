@@ -69,6 +69,31 @@ def test_run_leaves_flags_checkpoints_summaries_and_export(baseline):
                for v in exports)
 
 
+def test_run_writes_a_keras_hub_preset_of_its_final_model(baseline):
+    import keras_hub
+
+    from keras_gmlp.models import GMLPMaskedLM
+    from keras_gmlp.models import GMLPMaskedLMPreprocessor
+
+    preset = os.path.join(baseline, "preset")
+    model = keras_hub.models.MaskedLM.from_preset(preset)
+    assert isinstance(model, GMLPMaskedLM)
+    assert isinstance(model.preprocessor, GMLPMaskedLMPreprocessor)
+    with open(os.path.join(baseline, "vocab.txt")) as f:
+        assert model.preprocessor.tokenizer.get_vocabulary() == f.read().splitlines()
+    assert model.preprocessor.sequence_length == 32
+    # The preset holds the weights the run exported at its end: both give the same logits.
+    rng = np.random.default_rng(0)
+    inputs = {"token_ids": rng.integers(5, 390, (2, 32)).astype("int32"),
+              "padding_mask": np.ones((2, 32), "int32"),
+              "mask_positions": np.array([[1, 7, 30], [0, 2, 4]], "int32")}
+    export = os.path.join(baseline, "export", sorted(os.listdir(os.path.join(baseline, "export")))[-1])
+    served = tf.saved_model.load(export).signatures["serving_default"](
+        **{k: tf.constant(v) for k, v in inputs.items()})["logits"].numpy()
+    np.testing.assert_allclose(np.asarray(model(inputs, training=False)), served, atol=1e-5)
+    assert not [name for name in os.listdir(baseline) if name.startswith(".preset")]
+
+
 def test_mirrored_two_logical_cpus_matches_one_replica(baseline, tmp_path):
     model_dir = str(tmp_path / "mirrored")
     _, output = _run("trainers.pretrain_mlm", [*_same_run(baseline, model_dir, COMPARED_STEPS),
@@ -159,18 +184,20 @@ def test_image_trainer_stops_on_a_non_finite_loss_and_keeps_no_exploded_checkpoi
     assert not [n for n in os.listdir(model_dir) if n.startswith("ckpt-")]
 
 
-def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path):
+@pytest.mark.parametrize("init", ["model_dir", "preset"])
+def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path, init):
     data = tmp_path / "train.tsv"
     rows = ["sentence\tlabel"] + [f"{'good' if i % 2 else 'bad'} value number {i}\t{i % 2}"
                                   for i in range(40)]
     data.write_text("\n".join(rows) + "\n")
     model_dir = str(tmp_path / "finetune")
+    init_checkpoint = baseline if init == "model_dir" else os.path.join(baseline, "preset")
     # A zero learning rate keeps every weight (AdamW's decay is scaled by it too), so the saved
     # backbone is exactly what was loaded.
     _run("trainers.finetune_text_classifier",
-         [f"--model_dir={model_dir}", f"--init_checkpoint={baseline}", f"--data={data}",
+         [f"--model_dir={model_dir}", f"--init_checkpoint={init_checkpoint}", f"--data={data}",
           "--global_batch_size=8", "--train_steps=1", "--warmup_steps=0", "--learning_rate=0",
-          "--eval_steps=1"])
+          "--eval_steps=1", f"--export_dir={model_dir}/export"])
     pretrained = _model_values(tf.train.latest_checkpoint(baseline))
     finetuned = _model_values(tf.train.latest_checkpoint(model_dir))
     backbone_keys = [k for k in finetuned if not k.startswith(("model/head", "model/rng"))]
@@ -183,6 +210,16 @@ def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path):
     assert not np.allclose(finetuned[bias], 1.0)
     with open(os.path.join(model_dir, "vocab.txt")) as a, open(os.path.join(baseline, "vocab.txt")) as b:
         assert a.read() == b.read()
+    # Its own preset predicts raw strings as its export's predict_text does: the preprocessor
+    # it carries prepares text as the trainer's pipeline and the export's tokenizer do.
+    import keras_hub
+
+    classifier = keras_hub.models.TextClassifier.from_preset(os.path.join(model_dir, "preset"))
+    texts = ["good value number 3", "bad value", "", "a word the corpus never had \x00 !"]
+    export = os.path.join(model_dir, "export", os.listdir(os.path.join(model_dir, "export"))[0])
+    served = tf.saved_model.load(export).signatures["predict_text"](text=tf.constant(texts))
+    np.testing.assert_allclose(tf.nn.softmax(classifier.predict(texts)).numpy(),
+                               served["probabilities"].numpy(), atol=1e-5)
 
 
 def test_bad_flag_fails_at_start_up_before_reading_data(tmp_path):

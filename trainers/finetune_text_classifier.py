@@ -6,9 +6,12 @@
     python -m trainers.finetune_text_classifier --init_checkpoint=/tmp/mlm \\
         --data=tfds:glue/sst2 --data_dir=~/tensorflow_datasets --model_dir=/tmp/sst2
 
---init_checkpoint is a trainers.pretrain_mlm model_dir (its latest checkpoint) or a checkpoint
-prefix in one: the backbone config (model_config.json), vocabulary (vocab.txt) and backbone
-weights come from it; the classification head starts fresh. Without it, the backbone is built
+--init_checkpoint is a trainers.pretrain_mlm model_dir (its latest checkpoint), a checkpoint
+prefix in one, or a keras-hub preset directory of a GMLPBackbone (e.g. the MODEL_DIR/preset a
+pretraining run writes, or any `save_to_preset` output with a tokenizer): the backbone config,
+vocabulary and backbone weights come from it; the classification head starts fresh. The run
+ends by writing MODEL_DIR/preset (classifier, preprocessor and tokenizer), which
+`keras_hub.models.TextClassifier.from_preset` loads. Without it, the backbone is built
 from --model / --model_overrides and --vocab_file and trained from scratch.
 Data: TSV/CSV files (text and label columns; see keras_gmlp.data.classification_dataset) or
 "tfds:NAME" prepared offline in --data_dir, evaluated on --eval_data (files) or --eval_split.
@@ -26,10 +29,12 @@ from absl import logging
 from keras_gmlp import data
 from keras_gmlp.models import GMLPBackbone
 from keras_gmlp.models import GMLPTextClassifier
+from keras_gmlp.models import GMLPTextClassifierPreprocessor
 from trainers.core import checkpoints
 from trainers.core import export
 from trainers.core import flags as flags_lib
 from trainers.core import loop
+from trainers.core import preset
 from trainers.core import text
 from trainers.core.task import Task
 
@@ -38,6 +43,15 @@ def _pretrain_dir(init_checkpoint):
     if tf.io.gfile.isdir(init_checkpoint):
         return init_checkpoint
     return os.path.dirname(init_checkpoint)
+
+
+def _pretrained_vocabulary_file(init_checkpoint):
+    """Where --init_checkpoint keeps its vocabulary: vocab.txt of a pretraining model_dir, or
+    the tokenizer asset of a preset directory."""
+    source_dir = _pretrain_dir(init_checkpoint)
+    if preset.is_preset_dir(source_dir):
+        return os.path.join(source_dir, *preset.TOKENIZER_VOCABULARY)
+    return os.path.join(source_dir, text.VOCAB_FILE)
 
 
 class TextClassificationTask(Task):
@@ -52,14 +66,17 @@ class TextClassificationTask(Task):
             self.backbone_kwargs = text.load_backbone_config(source_dir)
             if fv.sequence_length:
                 self.backbone_kwargs["sequence_length"] = fv.sequence_length
-            vocab_file = fv.vocab_file or os.path.join(source_dir, text.VOCAB_FILE)
+            vocab_file = fv.vocab_file or _pretrained_vocabulary_file(fv.init_checkpoint)
             self.vocabulary = data.load_vocabulary(vocab_file)
         else:
             self.vocabulary = text.resolve_vocabulary(fv, model_dir, None)
             self.backbone_kwargs = text.backbone_kwargs(
                 fv, len(self.vocabulary), self.default_model)
         self.sequence_length = self.backbone_kwargs["sequence_length"]
-        self.tokenizer = data.make_tokenizer(self.vocabulary, lowercase=fv.lowercase)
+        self.tokenizer = text.make_tokenizer(self.vocabulary, fv.lowercase,
+                                             text.vocabulary_source(fv, fv.init_checkpoint))
+        self.text_preprocessor = GMLPTextClassifierPreprocessor(self.tokenizer,
+                                                                self.sequence_length)
         info = data.classification_info(fv.data, "train", fv.data_dir)
         self.label_names = list(info["label_names"])
         self.num_classes = info["num_classes"]
@@ -79,6 +96,11 @@ class TextClassificationTask(Task):
         if not fv.init_checkpoint:
             return
         path = fv.init_checkpoint
+        if preset.is_preset_dir(path):
+            weights = os.path.join(preset.local_copy(path), preset.WEIGHTS_FILE)
+            model.backbone.load_weights(weights)
+            logging.info("Initialised the backbone from the preset %s.", path)
+            return
         if tf.io.gfile.isdir(path):
             path = tf.train.latest_checkpoint(path)
         # Every backbone variable must be found in the masked LM's checkpoint; its head and
@@ -88,10 +110,18 @@ class TextClassificationTask(Task):
 
     def _dataset(self, source, split, batch_size, training, input_context=None):
         fv = self.flags
-        return data.classification_dataset(
-            source, self.tokenizer, self.sequence_length, batch_size, split=split,
-            data_dir=fv.data_dir, seed=fv.seed, shuffle=training, repeat=training,
-            drop_remainder=training, label_names=self.label_names, input_context=input_context)
+        texts = data.labelled_texts(
+            source, batch_size, split=split, data_dir=fv.data_dir, seed=fv.seed,
+            shuffle=training, repeat=training, drop_remainder=training,
+            label_names=self.label_names, input_context=input_context)
+        # The preprocessor that MODEL_DIR/preset carries: `fit` on raw strings and this run
+        # prepare their inputs alike.
+        batches = texts.map(self.text_preprocessor, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+        return batches.prefetch(tf.data.AUTOTUNE)
+
+    def preprocessor(self):
+        return self.text_preprocessor
 
     def train_dataset(self, batch_size, input_context=None):
         return self._dataset(self.flags.data, "train", batch_size, True, input_context)
@@ -155,7 +185,7 @@ def _vocabulary_fits_backbone(values):
         config = text.load_backbone_config(source_dir)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise flags.ValidationError(str(error)) from None
-    vocab_file = values["vocab_file"] or os.path.join(source_dir, text.VOCAB_FILE)
+    vocab_file = values["vocab_file"] or _pretrained_vocabulary_file(values["init_checkpoint"])
     try:
         size = len(data.load_vocabulary(vocab_file))
     except (ValueError, UnicodeDecodeError) as error:
@@ -166,8 +196,8 @@ def _vocabulary_fits_backbone(values):
         raise flags.ValidationError(
             f"{name}: {size} tokens; expected the {expected} tokens of the pretrained "
             f"backbone in --init_checkpoint={values['init_checkpoint']} (its "
-            "model_config.json vocabulary_size), or leave --vocab_file unset to use its "
-            "vocab.txt.")
+            "backbone config's vocabulary_size), or leave --vocab_file unset to use its "
+            "vocabulary.")
     return True
 
 

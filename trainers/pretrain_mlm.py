@@ -6,7 +6,9 @@ Data (--data): unset = CPython's pydoc_data.topics (installed with Python); a gl
 files (one example per line); "tfrecord:GLOB" (tf.train.Example, bytes feature "text"); or
 "tfds:NAME[/CONFIG]" read offline from --data_dir. The WordPiece vocabulary is --vocab_file or
 learned from the training text into MODEL_DIR/vocab.txt. Sequences are packed to
---sequence_length; --mask_rate of the tokens are selected, 80/10/10 [MASK]/random/kept.
+--sequence_length; --mask_rate of the tokens are selected, 80/10/10 [MASK]/random/kept. The run
+ends by writing MODEL_DIR/preset (masked LM, preprocessor, tokenizer; keras-hub's
+`MaskedLM.from_preset` and this project's fine-tuning `--init_checkpoint` read it).
 See trainers/core/flags.py for every flag.
 """
 
@@ -22,6 +24,7 @@ from absl import logging
 from keras_gmlp import data
 from keras_gmlp.models import GMLPBackbone
 from keras_gmlp.models import GMLPMaskedLM
+from keras_gmlp.models import GMLPMaskedLMPreprocessor
 from trainers.core import export
 from trainers.core import flags as flags_lib
 from trainers.core import loop
@@ -47,7 +50,8 @@ class MaskedLMTask(Task):
             fv, model_dir, lambda: self._lines(fv.data, "train"))
         self.backbone_kwargs = text.backbone_kwargs(fv, len(self.vocabulary), self.default_model)
         self.sequence_length = self.backbone_kwargs["sequence_length"]
-        self.tokenizer = data.make_tokenizer(self.vocabulary, lowercase=fv.lowercase)
+        self.tokenizer = text.make_tokenizer(self.vocabulary, fv.lowercase,
+                                             text.vocabulary_source(fv))
 
     def write_run_files(self, model_dir):
         text.save_vocabulary(self.vocabulary, model_dir)
@@ -102,6 +106,14 @@ class MaskedLMTask(Task):
         loss = sums["loss_sum"] / max(sums["weight"], 1e-12)
         return dict(loss=loss, accuracy=sums["correct"] / max(sums["weight"], 1e-12),
                     perplexity=math.exp(min(loss, 700.0)))
+
+    def preprocessor(self):
+        # For `fit` on raw strings: each string its own sequence, masked afresh (this run
+        # packs its corpus into one token stream instead; see GMLPMaskedLMPreprocessor).
+        fv = self.flags
+        return GMLPMaskedLMPreprocessor(
+            self.tokenizer, self.sequence_length, mask_selection_rate=fv.mask_rate,
+            mask_selection_length=fv.max_predictions)
 
     def export(self, model, export_dir):
         return export.export(model, export_dir, tokenizer=self.tokenizer)

@@ -22,6 +22,8 @@ from absl import logging
 from keras_gmlp import data
 from keras_gmlp.data import image_preprocessing
 from keras_gmlp.models import GMLPImageClassifier
+from keras_gmlp.models import GMLPImageClassifierPreprocessor
+from keras_gmlp.models import GMLPImageConverter
 from keras_gmlp.models import GMLPVisionBackbone
 from keras_gmlp.models.presets import VISION_PRESETS
 from keras_gmlp.models.presets import get_preset
@@ -119,6 +121,12 @@ class ImageClassificationTask(Task):
         count = max(sums["count"], 1e-12)
         return dict(loss=sums["loss_sum"] / count, top1_accuracy=sums["top1"] / count,
                     top5_accuracy=sums["top5"] / count)
+
+    def preprocessor(self):
+        # The evaluation/export preprocessing, so `predict` on raw images or file bytes of
+        # MODEL_DIR/preset gives the pixels this run evaluated.
+        converter = GMLPImageConverter.from_preprocessing_config(self.preprocessing)
+        return GMLPImageClassifierPreprocessor(image_converter=converter)
 
     def export(self, model, export_dir):
         return export.export(model, export_dir, label_names=list(self.info.label_names),

@@ -2,7 +2,7 @@
 
 `keras_gmlp.data.text`: `default_corpus`, `text_lines`, `learn_vocabulary`,
 `save_vocabulary`, `load_vocabulary`, `make_tokenizer`, `mlm_dataset`,
-`classification_dataset`, `classification_info`.
+`classification_dataset`, `labelled_texts`, `tokenize_to_length`, `classification_info`.
 `keras_gmlp.data.images`: `image_dataset`, `dataset_info`, `DatasetInfo`, `data_identity`.
 `keras_gmlp.data.image_preprocessing`: the one evaluation/serving preprocessing (config dict +
 `preprocess_image`, `preprocess_encoded`, `preprocess_batch`), shared with the SavedModel export.
@@ -19,12 +19,14 @@ from keras_gmlp.data.text import RESERVED_TOKENS
 from keras_gmlp.data.text import classification_dataset
 from keras_gmlp.data.text import classification_info
 from keras_gmlp.data.text import default_corpus
+from keras_gmlp.data.text import labelled_texts
 from keras_gmlp.data.text import learn_vocabulary
 from keras_gmlp.data.text import load_vocabulary
 from keras_gmlp.data.text import make_tokenizer
 from keras_gmlp.data.text import mlm_dataset
 from keras_gmlp.data.text import save_vocabulary
 from keras_gmlp.data.text import text_lines
+from keras_gmlp.data.text import tokenize_to_length
 
 __all__ = [
     "DatasetInfo",
@@ -34,6 +36,7 @@ __all__ = [
     "dataset_info",
     "default_corpus",
     "image_dataset",
+    "labelled_texts",
     "learn_vocabulary",
     "load_vocabulary",
     "make_tokenizer",
@@ -41,4 +44,5 @@ __all__ = [
     "save_vocabulary",
     "skipped_counts",
     "text_lines",
+    "tokenize_to_length",
 ]

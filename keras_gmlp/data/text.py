@@ -221,6 +221,40 @@ def make_tokenizer(vocabulary, sequence_length=None, lowercase=True):
     )
 
 
+def tokenize_to_length(tokenizer, texts, sequence_length):
+    """Strings -> `(token_ids, padding_mask)` int32 of shape `texts.shape + (sequence_length,)`.
+
+    The one tokenization of classification inputs: `classification_dataset` and the keras-hub
+    preprocessors (`GMLPTextClassifierPreprocessor`, `GMLPMaskedLMPreprocessor`) call it. Each
+    text is cleaned (`clean_text`), tokenized, truncated to `sequence_length` and padded with
+    [PAD] = 0, without [CLS]/[SEP]; `padding_mask = token_ids != 0`.
+
+    Args:
+        tokenizer: a keras-hub tokenizer without `sequence_length` (`make_tokenizer`,
+            `GMLPTokenizer`); one with a `sequence_length` is truncated/padded again here.
+        texts: a scalar or 1-D string tensor.
+        sequence_length: tokens per text.
+    """
+    _common.check_positive_int("sequence_length", sequence_length)
+    texts = tf.convert_to_tensor(texts, tf.string)
+    unbatched = texts.shape.rank == 0
+    if unbatched:
+        texts = texts[None]
+    ids = tokenizer(clean_text(texts))
+    if isinstance(ids, list):  # keras-hub's pure-Python tokenizer path (some eager calls)
+        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+    if isinstance(ids, tf.RaggedTensor):
+        ids = ids[:, :sequence_length].to_tensor(shape=[None, sequence_length])
+    else:
+        ids = ids[:, :sequence_length]
+        ids = tf.pad(ids, [[0, 0], [0, sequence_length - tf.shape(ids)[1]]])
+    ids = tf.cast(ids, tf.int32)
+    padding_mask = tf.cast(ids != 0, tf.int32)
+    if unbatched:
+        return ids[0], padding_mask[0]
+    return ids, padding_mask
+
+
 def _token_id(tokenizer, token, purpose):
     vocabulary = tokenizer.get_vocabulary()
     if token not in vocabulary:
@@ -582,12 +616,37 @@ def classification_dataset(
     - "tfds:NAME" (e.g. "tfds:glue/sst2") prepared in `data_dir`: its first text feature and
       its ClassLabel feature (or the named `text_column` / `label_column`).
 
-    Token ids are truncated/padded to `sequence_length` without [CLS]/[SEP] (as in
-    pretraining). `shuffle`/`repeat`/`drop_remainder` default to True for split "train", else
+    Texts are tokenized by `tokenize_to_length` (cleaned, truncated/padded to
+    `sequence_length`, without [CLS]/[SEP] as in pretraining), as
+    `GMLPTextClassifierPreprocessor` does. `shuffle`/`repeat`/`drop_remainder` default to True for split "train", else
     False (an evaluation pass sees every example once; its last batch may be smaller).
     Sharding by `input_context` is element-level after shuffling.
     """
     _common.check_positive_int("sequence_length", sequence_length)
+    examples = labelled_texts(
+        source, batch_size, split=split, data_dir=data_dir, seed=seed, shuffle=shuffle,
+        repeat=repeat, input_context=input_context, text_column=text_column,
+        label_column=label_column, label_names=label_names, drop_remainder=drop_remainder,
+        shuffle_buffer_size=shuffle_buffer_size)
+
+    def _tokenize(texts, labels):
+        ids, padding_mask = tokenize_to_length(tokenizer, texts, sequence_length)
+        return {"token_ids": ids, "padding_mask": padding_mask}, labels
+
+    dataset = examples.map(_tokenize, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return dataset.prefetch(AUTOTUNE).with_options(_common.deterministic_options())
+
+
+def labelled_texts(source, batch_size, split="train", data_dir=None, seed=0, shuffle=None,
+                   repeat=None, input_context=None, *, text_column=None, label_column=None,
+                   label_names=None, drop_remainder=None, shuffle_buffer_size=10_000):
+    """Batches `(texts, labels)` (strings, int32) of a classification source, untokenized.
+
+    The stream `classification_dataset` tokenizes, with the same arguments and defaults; a
+    `GMLPTextClassifierPreprocessor` mapped over it gives `classification_dataset`'s batches
+    (the fine-tuning trainer does that). Texts are not yet cleaned (`tokenize_to_length`
+    cleans them).
+    """
     _common.check_positive_int("batch_size", batch_size)
     _common.check_seed(seed)
     _common.check_positive_int("shuffle_buffer_size", shuffle_buffer_size)
@@ -595,7 +654,6 @@ def classification_dataset(
     shuffle = training if shuffle is None else shuffle
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
-
     info = classification_info(source, split, data_dir, text_column=text_column, label_column=label_column,
                                label_names=label_names)
     kind, rest = _common.split_source(source)
@@ -606,7 +664,6 @@ def classification_dataset(
         text_key, label_key = info["text_column"], info["label_column"]
         examples = raw.map(lambda e: (e[text_key], tf.cast(e[label_key], tf.int32)),
                            num_parallel_calls=AUTOTUNE, deterministic=True)
-    examples = examples.map(lambda text, label: (clean_text(text), label))
     _common.require_elements(examples, 1, source, "examples")
 
     if shuffle:
@@ -615,16 +672,4 @@ def classification_dataset(
         examples = examples.repeat()
     examples = _common.shard(examples, input_context)
     examples = examples.batch(batch_size, drop_remainder=drop_remainder)
-
-    def _tokenize(texts, labels):
-        ids = tokenizer(texts)
-        if isinstance(ids, tf.RaggedTensor):
-            ids = ids[:, :sequence_length].to_tensor(shape=[None, sequence_length])
-        else:
-            ids = ids[:, :sequence_length]
-            ids = tf.pad(ids, [[0, 0], [0, sequence_length - tf.shape(ids)[1]]])
-        ids = tf.cast(ids, tf.int32)
-        return {"token_ids": ids, "padding_mask": tf.cast(ids != 0, tf.int32)}, labels
-
-    dataset = examples.map(_tokenize, num_parallel_calls=num_parallel_calls, deterministic=True)
-    return dataset.prefetch(AUTOTUNE).with_options(_common.deterministic_options())
+    return examples.with_options(_common.deterministic_options())

@@ -282,6 +282,24 @@ class _TextClassifierModule(_TextModule):
         return outputs
 
 
+def _tokenizer_for(model, tokenizer):
+    """`tokenizer`, else the tokenizer of the model's keras-hub preprocessor (None if neither).
+
+    A model loaded from a preset (or built with `preprocessor=`) carries the tokenizer it was
+    trained with; exporting it gives `predict_text` the same tokenization as `model.predict`.
+    """
+    own = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    if tokenizer is None:
+        return own
+    if own is not None and list(own.get_vocabulary()) != list(tokenizer.get_vocabulary()):
+        raise ValueError(
+            f"`tokenizer` has a vocabulary of {tokenizer.vocabulary_size()} tokens that differs "
+            f"from the one of the model's preprocessor ({own.vocabulary_size()} tokens): expected "
+            "the tokenizer the model was trained with (or no `tokenizer`, to use the "
+            "preprocessor's).")
+    return tokenizer
+
+
 def _signatures(module, has_text):
     signatures = {"serving_default": module.serve_token_ids}
     if has_text:
@@ -318,6 +336,7 @@ def export_masked_lm(model, export_base, *, tokenizer=None, top_k=5, version=Non
         export_base: directory of versions, TF Serving's `--model_base_path`.
         tokenizer: optional `keras_hub.tokenizers.WordPieceTokenizer` the
             model was trained with; adds `predict_text` and the vocabulary asset.
+            Default: the tokenizer of the model's `preprocessor`, if it has one.
         top_k: int, number of candidates per mask (clipped to the vocabulary size).
         version: int, or None for one more than the largest existing version.
         max_masks: int, [MASK] slots per string in `predict_text`.
@@ -329,6 +348,7 @@ def export_masked_lm(model, export_base, *, tokenizer=None, top_k=5, version=Non
     """
     if not isinstance(model, GMLPMaskedLM):
         raise TypeError(f"`model` must be a GMLPMaskedLM, got {type(model).__name__}.")
+    tokenizer = _tokenizer_for(model, tokenizer)
     top_k = check_top_k(top_k)
     if not isinstance(max_masks, int) or max_masks < 1:
         raise ValueError(f"`max_masks` must be a positive int, got {max_masks!r}.")
@@ -371,7 +391,8 @@ def export_text_classifier(model, export_base, *, tokenizer=None, label_names=No
         model: a `GMLPTextClassifier`.
         export_base: directory of versions, TF Serving's `--model_base_path`.
         tokenizer: optional `keras_hub.tokenizers.WordPieceTokenizer`; adds
-            `predict_text` and the vocabulary asset.
+            `predict_text` and the vocabulary asset. Default: the tokenizer of the
+            model's `preprocessor` (`GMLPTextClassifierPreprocessor`), if it has one.
         label_names: optional class names (default "0", "1", ...), stored as an asset.
         top_k: int, number of classes in the top-k outputs.
         version: int, or None for one more than the largest existing version.
@@ -382,6 +403,7 @@ def export_text_classifier(model, export_base, *, tokenizer=None, label_names=No
     """
     if not isinstance(model, GMLPTextClassifier):
         raise TypeError(f"`model` must be a GMLPTextClassifier, got {type(model).__name__}.")
+    tokenizer = _tokenizer_for(model, tokenizer)
     top_k = check_top_k(top_k)
     label_names = label_names_for(model.num_classes, label_names)
     metadata = model_metadata(

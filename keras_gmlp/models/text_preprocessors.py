@@ -1,8 +1,9 @@
 """Raw strings -> model inputs for the text tasks, following keras_gmlp.data's pipelines.
 
-Both preprocessors tokenize with `GMLPTokenizer` and truncate/pad each text to
-`sequence_length` without [CLS]/[SEP], with `padding_mask = token_ids != [PAD]` (int32), as
-`keras_gmlp.data.classification_dataset` does; the masked-LM one then masks each sequence with
+Both preprocessors tokenize with `GMLPTokenizer` through
+`keras_gmlp.data.text.tokenize_to_length`, the function `keras_gmlp.data.classification_dataset`
+uses (clean, truncate/pad to `sequence_length` without [CLS]/[SEP], `padding_mask =
+token_ids != [PAD]`); the masked-LM one then masks each sequence with
 `keras_gmlp.data.masking.mask_sequence` (BERT's 80/10/10 rule, [PAD]/[CLS]/[SEP] never
 selected), as `keras_gmlp.data.mlm_dataset` does. Unlike `mlm_dataset`, which packs all lines
 into one token stream and seeds each element's masks statelessly for exact resumption, the
@@ -25,27 +26,11 @@ from keras_gmlp.models.tokenizer import GMLPTokenizer
 
 
 def _pack(tokenizer, texts, sequence_length):
-    """(token_ids, padding_mask) int32 of shape (batch, sequence_length), or (sequence_length,)
-    for a scalar string; as `classification_dataset`'s tokenization."""
-    import tensorflow as tf
+    """(token_ids, padding_mask) int32, (batch, sequence_length) or (sequence_length,) for a
+    scalar string: `keras_gmlp.data.text.tokenize_to_length`, the pipelines' tokenization."""
+    from keras_gmlp.data.text import tokenize_to_length
 
-    texts = tf.convert_to_tensor(texts)
-    unbatched = texts.shape.rank == 0
-    if unbatched:
-        texts = texts[None]
-    ids = tokenizer(texts)
-    if isinstance(ids, list):  # keras-hub's pure-Python tokenizer path (eager calls)
-        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
-    if isinstance(ids, tf.RaggedTensor):
-        ids = ids[:, :sequence_length].to_tensor(shape=[None, sequence_length])
-    else:
-        ids = ids[:, :sequence_length]
-        ids = tf.pad(ids, [[0, 0], [0, sequence_length - tf.shape(ids)[1]]])
-    ids = tf.cast(ids, tf.int32)
-    mask = tf.cast(ids != tokenizer.pad_token_id, tf.int32)
-    if unbatched:
-        ids, mask = ids[0], mask[0]
-    return ids, mask
+    return tokenize_to_length(tokenizer, texts, sequence_length)
 
 
 class _FromBackbonePreset:

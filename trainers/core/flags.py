@@ -138,8 +138,10 @@ def define_mlm_flags(fv=flags.FLAGS):
 def define_finetune_flags(fv=flags.FLAGS):
     """Text-classification fine-tuning flags."""
     flags.DEFINE_string("init_checkpoint", None, "A pretrain_mlm --model_dir (its latest "
-                        "checkpoint) or a checkpoint prefix; the backbone, vocabulary and "
-                        "backbone config are taken from it.", flag_values=fv)
+                        "checkpoint), a checkpoint prefix, or a keras-hub preset directory "
+                        "of a GMLPBackbone with its tokenizer (e.g. a pretraining run's "
+                        "MODEL_DIR/preset); the backbone, vocabulary and backbone config are "
+                        "taken from it.", flag_values=fv)
     flags.DEFINE_integer("num_classes", 2, "Number of labels.", flag_values=fv)
     flags.DEFINE_float("classifier_dropout", 0.1, "Dropout before the classification layer.",
                        flag_values=fv)
@@ -310,7 +312,8 @@ def register_validators(kind, fv=flags.FLAGS):
     check("eval_data", _local_source_exists, "a tfds:NAME / tfrecord:GLOB source or a path or "
           "glob that matches files")
     check("init_checkpoint", _checkpoint_exists,
-          "a pretrain_mlm model_dir holding a checkpoint, or an existing checkpoint prefix")
+          "a pretrain_mlm model_dir holding a checkpoint, an existing checkpoint prefix, or a "
+          "keras-hub preset directory (config.json, metadata.json, model.weights.h5)")
 
     def check_many(names, checker):
         if all(name in fv for name in names):
@@ -412,6 +415,9 @@ def _checkpoint_exists(value):
     if value is None:
         return True
     if _gfile().isdir(value):
+        if _gfile().exists(os.path.join(value, "config.json")):  # a keras-hub preset
+            return all(_gfile().exists(os.path.join(value, name))
+                       for name in ("metadata.json", "model.weights.h5"))
         return bool(_gfile().glob(os.path.join(value, "ckpt-*.index")))
     return _gfile().exists(value + ".index")
 

@@ -401,6 +401,7 @@ def run(task):
 
 def _run(task, distribution, chief):
     from trainers.core import loop
+    from trainers.core import preset
     from trainers.core import run_dir
 
     fv = task.flags
@@ -505,6 +506,8 @@ def _run(task, distribution, chief):
     if chief:
         checkpoints.keep_newest(model_dir, fv.keep_checkpoints)
     logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
+    if chief:
+        preset.write_preset(model, task.preprocessor(), model_dir)
     if fv.export_dir and chief:
         latest = tf.train.latest_checkpoint(model_dir)
         path = export_with_tensorflow(task, latest)

@@ -21,6 +21,7 @@ from absl import logging
 from trainers.core import checkpoints
 from trainers.core import flags as flags_lib
 from trainers.core import optimization
+from trainers.core import preset
 from trainers.core import run_dir
 from trainers.core import strategy as strategy_lib
 from trainers.core.summaries import ProgressLog
@@ -226,6 +227,8 @@ def _run(task, strategy, chief):
     if chief:
         checkpoints.keep_newest(model_dir, fv.keep_checkpoints)
     logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
+    if chief:
+        preset.write_preset(model, task.preprocessor(), model_dir)
     if fv.export_dir and chief:
         path = task.export(model, fv.export_dir)
         logging.info("Exported a SavedModel to %s", path)

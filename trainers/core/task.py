@@ -56,6 +56,12 @@ class Task:
         """Turns summed statistics (over replicas and batches) into named metrics."""
         raise NotImplementedError
 
+    def preprocessor(self):
+        """The keras-hub preprocessor matching `train_dataset`'s inputs (saved with the final
+        model in MODEL_DIR/preset, so `fit`/`predict` on raw inputs prepare them as the run
+        did), or None."""
+        return None
+
     def export(self, model, export_dir):
         """Writes a SavedModel under export_dir; returns its path."""
         raise NotImplementedError

@@ -58,16 +58,47 @@ def backbone_kwargs(fv, vocabulary_size, default_model):
 
 
 def load_backbone_config(model_dir):
-    """The backbone config a pretrain_mlm run wrote into its model_dir."""
+    """The backbone config a pretrain_mlm run wrote into its model_dir, or the config.json of
+    a keras-hub preset directory (`preset.is_preset_dir`)."""
+    from trainers.core import preset
+
     path = os.path.join(model_dir, run_dir.MODEL_CONFIG_FILE)
+    if preset.is_preset_dir(model_dir):
+        path = os.path.join(model_dir, preset.CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--init_checkpoint: {path} is missing; expected a "
-                                "trainers.pretrain_mlm model_dir.")
+                                "trainers.pretrain_mlm model_dir or a keras-hub preset directory.")
     with tf.io.gfile.GFile(path) as f:
         serialized = json.load(f)
+    if serialized.get("class_name") != "GMLPBackbone":
+        raise ValueError(f"--init_checkpoint: {path} holds a {serialized.get('class_name')!r}; "
+                         "expected a GMLPBackbone config.")
     config = dict(serialized["config"])
     config.pop("name", None)
     config.pop("trainable", None)
     config.pop("dtype", None)  # the fine-tuning run's --mixed_precision decides
     return config
 
+
+def vocabulary_source(fv, init_checkpoint=None):
+    """Where the run's vocabulary comes from, for error messages."""
+    if fv.vocab_file:
+        return f"--vocab_file={fv.vocab_file}"
+    if init_checkpoint:
+        return f"--init_checkpoint={init_checkpoint}"
+    return "the vocabulary"
+
+
+def make_tokenizer(vocabulary, lowercase, source):
+    """The run's `GMLPTokenizer` (the tokenizer its preset and exports carry).
+
+    `source` names where the vocabulary came from, for the error when it lacks a reserved token.
+    """
+    from keras_gmlp.models import GMLPTokenizer
+
+    missing = [token for token in data.RESERVED_TOKENS if token not in vocabulary]
+    if missing:
+        raise ValueError(f"{source}: the vocabulary has no {', '.join(missing)}: expected the "
+                         f"reserved tokens {list(data.RESERVED_TOKENS)} ([PAD] first), as "
+                         "keras_gmlp.data.learn_vocabulary writes them.")
+    return GMLPTokenizer(vocabulary=list(vocabulary), lowercase=lowercase)

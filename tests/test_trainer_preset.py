@@ -71,3 +71,15 @@ def test_init_checkpoint_accepts_a_preset_only_when_whole(tmp_path):
     assert flags_lib._checkpoint_exists(path)
     os.remove(os.path.join(path, preset.WEIGHTS_FILE))
     assert not flags_lib._checkpoint_exists(path)
+
+
+def test_stages_of_a_killed_preset_write_are_cleaned_or_restored(tmp_path):
+    from trainers.core import run_dir
+
+    model, preprocessor = _classifier(seed=1)
+    path = preset.write_preset(model, preprocessor, str(tmp_path))
+    # Killed between the two renames: only the retired copy of the preset is left.
+    os.rename(path, os.path.join(str(tmp_path), ".preset-retired-0"))
+    os.makedirs(os.path.join(str(tmp_path), ".preset-staging-1"))
+    run_dir.remove_partial_saves(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["preset"] and preset.is_preset_dir(path)

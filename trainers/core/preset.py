@@ -20,7 +20,8 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
-PRESET_DIR = "preset"
+from trainers.core.run_dir import PRESET_DIR
+
 # Files every keras-hub backbone preset has (keras_hub.src.utils.preset_utils).
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"

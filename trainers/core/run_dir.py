@@ -4,7 +4,7 @@ Backend-neutral (no tf.function; paths through `tf.io.gfile`, so local, gs:// an
 alike), for every training loop:
 
     with RunDirLock(model_dir):                       # one writer per model_dir
-        remove_partial_saves(model_dir)               # ckpt-N_temp/ of killed saves
+        remove_partial_saves(model_dir)               # ckpt-N_temp/, preset stages of killed saves
         steps = checkpoint_steps(model_dir)           # what exists, newest first
         if steps:
             compare_settings(stored_settings(model_dir), given, model_dir)
@@ -32,6 +32,7 @@ LOCK_FILE = ".lock"
 STATE_FILE = "checkpoint"
 MODEL_CONFIG_FILE = "model_config.json"
 VOCAB_FILE = "vocab.txt"
+PRESET_DIR = "preset"
 CHECKPOINT_PREFIX = "ckpt"
 
 
@@ -197,12 +198,22 @@ def _parse(text):
 
 
 def remove_partial_saves(model_dir, prefix=CHECKPOINT_PREFIX):
-    """Deletes `<prefix>-N_temp*` left by saves that were killed; returns their names.
+    """Deletes `<prefix>-N_temp*` and preset stages left by saves that were killed; returns
+    their names.
 
     Only safe while the lock is held: a live trainer's save in progress looks the same.
     """
     removed = []
-    for path in tf.io.gfile.glob(os.path.join(model_dir, f"{prefix}-*_temp*")):
+    # A preset write killed between its two renames left the previous preset retired: put it
+    # back (trainers.core.preset stages and retires under these names).
+    preset = os.path.join(model_dir, PRESET_DIR)
+    for path in tf.io.gfile.glob(os.path.join(model_dir, f".{PRESET_DIR}-retired-*")):
+        if not tf.io.gfile.exists(preset):
+            tf.io.gfile.rename(path, preset)
+            logging.warning("Restored %s from an interrupted preset write.", preset)
+    stale = tf.io.gfile.glob(os.path.join(model_dir, f".{PRESET_DIR}-staging-*"))
+    stale += tf.io.gfile.glob(os.path.join(model_dir, f".{PRESET_DIR}-retired-*"))
+    for path in stale + tf.io.gfile.glob(os.path.join(model_dir, f"{prefix}-*_temp*")):
         if tf.io.gfile.isdir(path):
             tf.io.gfile.rmtree(path)
         else:

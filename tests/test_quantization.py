@@ -52,12 +52,13 @@ def test_int8_block_model_is_close_to_float32_and_round_trips(rng, tmp_path, cau
     _assert_quantized_close_and_round_trips(model, rng.normal(size=(4, N, D)).astype("float32"), tmp_path)
 
 
-def test_int8_text_backbone_is_close_to_float32(rng):
-    # Its `.keras` round trip needs the backbone's config to carry the quantized layers' policies
-    # (keras-hub's Backbone.get_config does, with a DTypePolicyMap); the blocks pass it on.
+def test_int8_text_backbone_is_close_to_float32_and_round_trips(rng, tmp_path):
+    # keras-hub's Backbone.get_config carries the quantized layers' policies (a DTypePolicyMap)
+    # and the blocks pass them on to their sub-layers, so the reloaded backbone is int8 too.
     backbone = GMLPBackbone(vocabulary_size=100, num_layers=2, hidden_dim=D, ffn_dim=FFN,
                             sequence_length=N, tiny_attention_dim=16)
     ids = rng.integers(1, 100, (4, N)).astype("int32")
     mask = np.ones_like(ids)
     mask[1, 10:] = 0
-    _assert_quantized_close(backbone, {"token_ids": ids, "padding_mask": mask})
+    _assert_quantized_close_and_round_trips(backbone, {"token_ids": ids, "padding_mask": mask},
+                                            tmp_path)

@@ -3,6 +3,9 @@ evaluation batches, the SavedModel's `predict_image_bytes` and `preprocess_batch
 logits for the same files, and the export records the config it used."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,3 +119,38 @@ def test_classifier_predict_on_files_equals_an_export_that_took_the_converters_c
     with pytest.raises(ValueError, match=r"with the crop/resize overrides.*differs"):
         export_image_classifier(model, tmp_path / "other", antialias=False)
     assert not (tmp_path / "other").exists()
+
+
+# keras-hub's Task.predict/fit map the preprocessor over tf.data on every backend, and an eager
+# call returns the backend's tensors; TensorFlow's preprocess_batch in the same process is the truth.
+_ON_BACKEND = """
+import keras, numpy as np, tensorflow as tf
+from keras_gmlp.data import image_preprocessing
+from keras_gmlp.models import (GMLPImageClassifier, GMLPImageClassifierPreprocessor,
+                               GMLPImageConverter, GMLPVisionBackbone)
+rng = np.random.default_rng(0)
+converter = GMLPImageConverter(image_size=(32, 32), crop_fraction=0.5)
+model = GMLPImageClassifier(GMLPVisionBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=1,
+                                               hidden_dim=16, ffn_dim=32), 3,
+                            preprocessor=GMLPImageClassifierPreprocessor(converter))
+files = [tf.io.encode_png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).numpy(),
+         tf.io.encode_jpeg(rng.integers(0, 256, (24, 50, 1), dtype=np.uint8)).numpy()]
+arrays = rng.integers(0, 256, (4, 45, 37, 1), dtype=np.uint8)
+config = converter.preprocessing_config
+eager = converter(arrays)
+assert keras.ops.is_tensor(eager) and not isinstance(eager, tf.Tensor), type(eager)
+np.testing.assert_array_equal(keras.ops.convert_to_numpy(eager),
+                              image_preprocessing.preprocess_batch(arrays, config).numpy())
+pixels = keras.ops.convert_to_tensor(image_preprocessing.preprocess_batch(files, config).numpy())
+np.testing.assert_allclose(model.predict(files, verbose=0), keras.ops.convert_to_numpy(model(pixels)),
+                           rtol=1e-5, atol=1e-5)
+assert np.isfinite(model.fit(arrays, np.array([0, 1, 2, 1]), batch_size=2, verbose=0).history["loss"][0])
+print("OK", keras.backend.backend())
+"""
+
+
+def test_image_converter_on_jax():
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-c", _ON_BACKEND], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0 and "OK jax" in run.stdout, run.stdout + run.stderr[-3000:]

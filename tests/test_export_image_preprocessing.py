@@ -118,6 +118,9 @@ def test_classifier_predict_on_files_equals_an_export_that_took_the_converters_c
                                 preprocessing=image_preprocessing.config_for_model(model))
     with pytest.raises(ValueError, match=r"with the crop/resize overrides.*differs"):
         export_image_classifier(model, tmp_path / "other", antialias=False)
+    converter.image_size = (16, 16)
+    with pytest.raises(ValueError, match=r"GMLPImageConverter config .*must match the model's"):
+        export_image_classifier(model, tmp_path / "other")
     assert not (tmp_path / "other").exists()
 
 

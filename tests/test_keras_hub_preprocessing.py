@@ -93,6 +93,11 @@ def test_image_converter_is_preprocess_batch_on_arrays_and_file_bytes(rng):
         # Unbatched: one image, or one file's bytes.
         np.testing.assert_array_equal(np.asarray(converter(inputs[1])), want[1])
     assert np.asarray(converter(gray)).shape == (2, 128, 160, 3)
+    # A list of images of different sizes: each image's preprocess_batch.
+    mixed = [rgb[0], gray[1]]
+    want = np.concatenate([image_preprocessing.preprocess_batch(x[None], config) for x in mixed])
+    np.testing.assert_array_equal(np.asarray(converter(mixed)), want)
+    np.testing.assert_array_equal(np.asarray(GMLPImageClassifierPreprocessor(converter)(mixed)), want)
     # In a tf.data map (keras-hub's Task.fit/predict) and through the classifier preprocessor.
     mapped = tf.data.Dataset.from_tensor_slices(files).batch(4).map(converter)
     want = image_preprocessing.preprocess_batch(files, config).numpy()

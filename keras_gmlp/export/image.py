@@ -153,8 +153,11 @@ def export_image_classifier(model, export_base, *, label_names=None, top_k=5, ve
             "`GMLPImageConverter.from_preprocessing_config(preprocessing)`.")
     expected = list(model.backbone.image_shape)
     if preprocessing["image_size"] + [preprocessing["channels"]] != expected:
+        source = (f"The model's GMLPImageConverter config {preprocessing}"
+                  if preprocessing == converter_config
+                  else f"`preprocessing`={preprocessing}")
         raise ValueError(
-            f"`preprocessing`={preprocessing}: its image_size and channels must match the model's "
+            f"{source}: its image_size and channels must match the model's "
             f"image_shape {tuple(expected)}.")
     metadata = model_metadata(
         model, top_k=top_k, label_names=label_names, image_preprocessing=preprocessing,

@@ -48,7 +48,8 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
     Takes a batch of images `(batch, h, w, c)` or one image `(h, w, c)` (any size, c = 1 or 3,
     values in [0, 255], any dtype), or encoded JPEG/PNG/GIF/BMP bytes (a string or a 1-D
     batch of strings), and returns float32 `(batch, height, width, channels)` (or one image),
-    exactly `image_preprocessing.preprocess_batch(inputs, converter.preprocessing_config)`.
+    exactly `image_preprocessing.preprocess_batch(inputs, converter.preprocessing_config)`. An
+    eager list of images of different sizes gives each image's `preprocess_batch`, stacked.
     Runs eagerly (returning backend tensors) and inside `tf.data` maps, where keras-hub's
     `Task.fit`/`predict` run it on every backend.
 
@@ -165,10 +166,12 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
 
         config = self.preprocessing_config
         if isinstance(inputs, tf.RaggedTensor):
-            raise ValueError(
-                f"`inputs` is a ragged batch of shape {inputs.shape}: expected images of one size "
-                "(batch, h, w, c); pass images of different sizes one at a time or as encoded "
-                "bytes.")
+            # A list of images of different sizes (keras-hub makes it ragged): each image as
+            # one unbatched call. Eager only: a traced row has no static channel count.
+            validation.check(tf.executing_eagerly(), "inputs",
+                             f"a ragged batch of shape {inputs.shape} in a tf.function",
+                             "images of one size, or encoded bytes (any sizes)")
+            return tf.stack([self._preprocess_one(row.to_tensor(), config) for row in inputs])
         if not _is_tf_tensor(inputs):
             inputs = tf.convert_to_tensor(convert_to_numpy(inputs))
         rank = inputs.shape.rank
@@ -182,8 +185,14 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
                              "width, channels)")
             unbatched = rank == 3
         if unbatched:
-            return image_preprocessing.preprocess_batch(inputs[None], config)[0]
+            return self._preprocess_one(inputs, config)
         return image_preprocessing.preprocess_batch(inputs, config)
+
+    @staticmethod
+    def _preprocess_one(image, config):
+        from keras_gmlp.data import image_preprocessing
+
+        return image_preprocessing.preprocess_batch(image[None], config)[0]
 
     def get_config(self):
         # Layer's config (name, trainable, dtype) and this class' arguments; the base class'

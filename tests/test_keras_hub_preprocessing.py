@@ -1,5 +1,7 @@
 """The keras-hub preprocessors against keras_gmlp.data's pipelines (the trainers' truth)."""
 
+import json
+
 import keras
 import keras_hub
 import numpy as np
@@ -122,6 +124,10 @@ def test_image_converter_from_and_to_preprocessing_config():
     restored = GMLPImageConverter.from_config(converter.get_config())
     assert restored.get_config() == converter.get_config()
     assert restored.preprocessing_config == config
+    # NumPy arguments (e.g. read from a backbone) become plain values: the config is JSON.
+    numpy_args = GMLPImageConverter(image_size=tuple(np.array([12, 16])),
+                                    channels=np.int64(1), crop_fraction=np.float32(0.5))
+    assert json.loads(json.dumps(numpy_args.get_config()))["channels"] == 1
     # The registered name round trip (what a preset's image_converter.json holds).
     serialized = keras.saving.serialize_keras_object(converter)
     assert serialized["registered_name"] == "keras_gmlp>GMLPImageConverter"

@@ -21,6 +21,8 @@ The functions use TensorFlow ops only (no Python state), so they run eagerly, in
 and in a `tf.function` (where keras-hub's `Task.fit`/`predict` run the converter).
 """
 
+import numbers
+
 import tensorflow as tf
 
 from keras_gmlp.validation import check
@@ -81,7 +83,7 @@ def check_config(config, name="preprocessing"):
     check(is_int(config["channels"]) and config["channels"] in (1, 3),
           key("channels"), config["channels"], "1 or 3")
     fraction = config["crop_fraction"]
-    check(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1,
+    check(isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) and 0 < fraction <= 1,
           key("crop_fraction"), fraction, "a float in (0, 1]")
     check(config["resize_method"] in RESIZE_METHODS, key("resize_method"),
           config["resize_method"], f"one of {list(RESIZE_METHODS)}")

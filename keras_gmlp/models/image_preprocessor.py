@@ -22,11 +22,12 @@ from keras_gmlp import validation
 from keras_gmlp.models.vision_backbone import GMLPVisionBackbone
 
 # keras-hub ImageConverter arguments this converter replaces (or cannot honour), and why.
+_CROP = "use `crop_fraction` (the crop always keeps the aspect ratio)"
 _REPLACED = {
-    "interpolation": "`resize_method`",
-    "crop_to_aspect_ratio": "`crop_fraction` (always an aspect-preserving central crop)",
-    "pad_to_aspect_ratio": "`crop_fraction` (always an aspect-preserving central crop)",
-    "bounding_box_format": "nothing: GMLPImageConverter converts images only",
+    "interpolation": "use `resize_method`",
+    "crop_to_aspect_ratio": _CROP,
+    "pad_to_aspect_ratio": _CROP,
+    "bounding_box_format": "it converts images only",
 }
 
 
@@ -51,7 +52,7 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
     exactly `image_preprocessing.preprocess_batch(inputs, converter.preprocessing_config)`. An
     eager list of images of different sizes gives each image's `preprocess_batch`, stacked.
     Runs eagerly (returning backend tensors) and inside `tf.data` maps, where keras-hub's
-    `Task.fit`/`predict` run it on every backend.
+    `Task.fit`/`predict` run it on every backend; needs TensorFlow, as keras_gmlp.data does.
 
     Args:
         image_size: `(height, width)`, the backbone's `image_shape[:2]`; settable later
@@ -84,7 +85,7 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
         for name, replacement in _REPLACED.items():
             if name in kwargs:
                 raise ValueError(f"`{name}`={kwargs[name]!r}: GMLPImageConverter does not take "
-                                 f"it; use {replacement}.")
+                                 f"it; {replacement}.")
         data_format = kwargs.pop("data_format", None)
         validation.check(data_format in (None, "channels_last"), "data_format", data_format,
                          "None or 'channels_last' (gMLP's patch stem is channels-last)")
@@ -96,7 +97,12 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
         self.crop_fraction = crop_fraction
         self.resize_method = resize_method
         self.antialias = antialias
-        self._config(image_size)  # validates every argument, naming it
+        checked = self._config(image_size)  # validates every argument, naming it
+        # Plain Python values, so that get_config is JSON (a preset's image_converter.json).
+        self.channels = checked["channels"]
+        self.crop_fraction = None if crop_fraction is None else checked["crop_fraction"]
+        self.resize_method = checked["resize_method"]
+        self.antialias = checked["antialias"]
         self.image_size = image_size
 
     @property
@@ -112,7 +118,7 @@ class GMLPImageConverter(keras_hub.layers.ImageConverter):
         self._image_size = value
 
     def _config(self, image_size):
-        # Imported here: `import keras_gmlp.models` does not need TensorFlow.
+        # Imported here: `import keras_gmlp.models` does not need TensorFlow (a converter does).
         from keras_gmlp.data import image_preprocessing
 
         validation.check(image_size is None or (isinstance(image_size, (list, tuple))

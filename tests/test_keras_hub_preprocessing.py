@@ -7,6 +7,7 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_hub.src.tests.test_case import TestCase
 
 from keras_gmlp import data
 from keras_gmlp.data import image_preprocessing
@@ -107,6 +108,20 @@ def test_image_converter_is_preprocess_batch_on_arrays_and_file_bytes(rng):
     x, y = GMLPImageClassifierPreprocessor(converter)(files, [0, 1, 2, 3])
     np.testing.assert_array_equal(np.asarray(x), want)
     np.testing.assert_array_equal(np.asarray(y), [0, 1, 2, 3])
+
+
+class ImageConverterHarness(TestCase):
+    """keras-hub's preprocessing-layer harness: direct call, serialization, unbatched and batched
+    tf.data maps and Grain give the same output, here `preprocess_batch`'s. On arrays only: the
+    harness' Grain source decodes bytes as UTF-8 text (file bytes are tested above)."""
+
+    def test_preprocessing_layer_harness(self):
+        kwargs = {"image_size": (16, 12), "crop_fraction": 0.75, "resize_method": "area"}
+        config = GMLPImageConverter(**kwargs).preprocessing_config
+        arrays = _pixels(np.random.default_rng(1), (2, 25, 19, 1)).astype("float32")
+        self.run_preprocessing_layer_test(
+            cls=GMLPImageConverter, init_kwargs=kwargs, input_data=arrays,
+            expected_output=image_preprocessing.preprocess_batch(arrays, config).numpy().tolist())
 
 
 def test_image_converter_from_and_to_preprocessing_config():

@@ -3,6 +3,9 @@ evaluation batches, the SavedModel's `predict_image_bytes` and `preprocess_batch
 logits for the same files, and the export records the config it used."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,10 @@ import tensorflow as tf
 from keras_gmlp.data import image_preprocessing
 from keras_gmlp.data import images
 from keras_gmlp.export import export_model
+from keras_gmlp.export import export_image_classifier
 from keras_gmlp.models import GMLPImageClassifier
+from keras_gmlp.models import GMLPImageClassifierPreprocessor
+from keras_gmlp.models import GMLPImageConverter
 from keras_gmlp.models import GMLPVisionBackbone
 
 
@@ -85,3 +91,69 @@ def test_preprocessing_runs_in_a_tf_function_and_in_tf_data():
     mapped = tf.data.Dataset.from_tensors(tf.io.encode_png(pixels)).map(
         lambda e: image_preprocessing.preprocess_encoded(e, config))
     np.testing.assert_array_equal(next(iter(mapped)).numpy(), eager)
+
+
+def test_classifier_predict_on_files_equals_an_export_that_took_the_converters_config(tmp_path):
+    # A config other than the default at 32x32 (which does not crop): an export that ignored
+    # the converter would serve other pixels than the model's predict.
+    converter = GMLPImageConverter(image_size=(32, 32), crop_fraction=0.5)
+    model = GMLPImageClassifier(
+        GMLPVisionBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=1, hidden_dim=16,
+                           ffn_dim=32),
+        num_classes=3, preprocessor=GMLPImageClassifierPreprocessor(converter))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
+    files = [tf.io.encode_png(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).numpy(),
+             tf.io.encode_jpeg(rng.integers(0, 256, (30, 64, 1), dtype=np.uint8)).numpy(),
+             tf.io.encode_png(rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)).numpy()]
+    predicted = tf.nn.softmax(model.predict(files, verbose=0)).numpy()
+    loaded = tf.saved_model.load(export_image_classifier(model, tmp_path / "export"))
+    served = loaded.signatures["predict_image_bytes"](image_bytes=tf.constant(files))
+    np.testing.assert_allclose(served["probabilities"].numpy(), predicted, rtol=1e-5, atol=1e-5)
+    metadata = json.loads(loaded.get_metadata()["metadata"].numpy())
+    assert metadata["image_preprocessing"] == converter.preprocessing_config
+    # A config that differs from the converter's, explicit or by an override, is refused.
+    with pytest.raises(ValueError, match=r"differs from the config of the model's preprocessor"):
+        export_image_classifier(model, tmp_path / "other",
+                                preprocessing=image_preprocessing.config_for_model(model))
+    with pytest.raises(ValueError, match=r"with the crop/resize overrides.*differs"):
+        export_image_classifier(model, tmp_path / "other", antialias=False)
+    converter.image_size = (16, 16)
+    with pytest.raises(ValueError, match=r"GMLPImageConverter config .*must match the model's"):
+        export_image_classifier(model, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+# keras-hub's Task.predict/fit map the preprocessor over tf.data on every backend, and an eager
+# call returns the backend's tensors; TensorFlow's preprocess_batch in the same process is the truth.
+_ON_BACKEND = """
+import keras, numpy as np, tensorflow as tf
+from keras_gmlp.data import image_preprocessing
+from keras_gmlp.models import (GMLPImageClassifier, GMLPImageClassifierPreprocessor,
+                               GMLPImageConverter, GMLPVisionBackbone)
+rng = np.random.default_rng(0)
+converter = GMLPImageConverter(image_size=(32, 32), crop_fraction=0.5)
+model = GMLPImageClassifier(GMLPVisionBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=1,
+                                               hidden_dim=16, ffn_dim=32), 3,
+                            preprocessor=GMLPImageClassifierPreprocessor(converter))
+files = [tf.io.encode_png(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).numpy(),
+         tf.io.encode_jpeg(rng.integers(0, 256, (24, 50, 1), dtype=np.uint8)).numpy()]
+arrays = rng.integers(0, 256, (4, 45, 37, 1), dtype=np.uint8)
+config = converter.preprocessing_config
+eager = converter(arrays)
+assert keras.ops.is_tensor(eager) and not isinstance(eager, tf.Tensor), type(eager)
+np.testing.assert_array_equal(keras.ops.convert_to_numpy(eager),
+                              image_preprocessing.preprocess_batch(arrays, config).numpy())
+pixels = keras.ops.convert_to_tensor(image_preprocessing.preprocess_batch(files, config).numpy())
+np.testing.assert_allclose(model.predict(files, verbose=0), keras.ops.convert_to_numpy(model(pixels)),
+                           rtol=1e-5, atol=1e-5)
+assert np.isfinite(model.fit(arrays, np.array([0, 1, 2, 1]), batch_size=2, verbose=0).history["loss"][0])
+print("OK", keras.backend.backend())
+"""
+
+
+def test_image_converter_on_jax():
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-c", _ON_BACKEND], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0 and "OK jax" in run.stdout, run.stdout + run.stderr[-3000:]

@@ -1,8 +1,19 @@
 """The keras-hub preprocessors against keras_gmlp.data's pipelines (the trainers' truth)."""
 
+import json
+
+import keras
+import keras_hub
 import numpy as np
+import pytest
+import tensorflow as tf
+from keras_hub.src.tests.test_case import TestCase
 
 from keras_gmlp import data
+from keras_gmlp.data import image_preprocessing
+from keras_gmlp.models import GMLPImageClassifier
+from keras_gmlp.models import GMLPImageClassifierPreprocessor
+from keras_gmlp.models import GMLPImageConverter
 from keras_gmlp.models import GMLPMaskedLMPreprocessor
 from keras_gmlp.models import GMLPTextClassifierPreprocessor
 from keras_gmlp.models import GMLPTokenizer
@@ -63,3 +74,142 @@ def test_masked_lm_preprocessor_follows_berts_80_10_10_rule():
     # A second call draws new masks (on the fly), unlike the data pipeline's fixed seeds.
     again = preprocessor(texts)[0]["mask_positions"]
     assert not np.array_equal(np.asarray(again), x["mask_positions"])
+
+
+def _pixels(rng, shape):
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_image_converter_is_preprocess_batch_on_arrays_and_file_bytes(rng):
+    # 128x160 (>= 128 pixels: the default 0.875 centre crop happens), from non-square inputs of
+    # another size and aspect ratio, gray and RGB, as arrays and as PNG/JPEG files.
+    converter = GMLPImageConverter(image_size=(128, 160))
+    config = converter.preprocessing_config
+    assert config == image_preprocessing.preprocessing_config((128, 160, 3))
+    assert config["crop_fraction"] == 0.875
+    rgb, gray = _pixels(rng, (2, 150, 210, 3)), _pixels(rng, (2, 170, 140, 1))
+    files = [tf.io.encode_png(rgb[0]).numpy(), tf.io.encode_jpeg(gray[0][..., 0:1]).numpy(),
+             tf.io.encode_png(gray[1]).numpy(), tf.io.encode_jpeg(rgb[1], quality=90).numpy()]
+    for inputs in (rgb, gray, gray.astype("float32"), files):
+        want = image_preprocessing.preprocess_batch(inputs, config).numpy()
+        np.testing.assert_array_equal(np.asarray(converter(inputs)), want)
+        # Unbatched: one image, or one file's bytes.
+        np.testing.assert_array_equal(np.asarray(converter(inputs[1])), want[1])
+    assert np.asarray(converter(gray)).shape == (2, 128, 160, 3)
+    # A list of images of different sizes: each image's preprocess_batch.
+    mixed = [rgb[0], gray[1]]
+    want = np.concatenate([image_preprocessing.preprocess_batch(x[None], config) for x in mixed])
+    np.testing.assert_array_equal(np.asarray(converter(mixed)), want)
+    np.testing.assert_array_equal(np.asarray(GMLPImageClassifierPreprocessor(converter)(mixed)), want)
+    # In a tf.data map (keras-hub's Task.fit/predict) and through the classifier preprocessor.
+    mapped = tf.data.Dataset.from_tensor_slices(files).batch(4).map(converter)
+    want = image_preprocessing.preprocess_batch(files, config).numpy()
+    np.testing.assert_array_equal(next(iter(mapped)).numpy(), want)
+    x, y = GMLPImageClassifierPreprocessor(converter)(files, [0, 1, 2, 3])
+    np.testing.assert_array_equal(np.asarray(x), want)
+    np.testing.assert_array_equal(np.asarray(y), [0, 1, 2, 3])
+
+
+class ImageConverterHarness(TestCase):
+    """keras-hub's preprocessing-layer harness: direct call, serialization, unbatched and batched
+    tf.data maps and Grain give the same output, here `preprocess_batch`'s. On arrays only: the
+    harness' Grain source decodes bytes as UTF-8 text (file bytes are tested above)."""
+
+    def test_preprocessing_layer_harness(self):
+        kwargs = {"image_size": (16, 12), "crop_fraction": 0.75, "resize_method": "area"}
+        config = GMLPImageConverter(**kwargs).preprocessing_config
+        arrays = _pixels(np.random.default_rng(1), (2, 25, 19, 1)).astype("float32")
+        self.run_preprocessing_layer_test(
+            cls=GMLPImageConverter, init_kwargs=kwargs, input_data=arrays,
+            expected_output=image_preprocessing.preprocess_batch(arrays, config).numpy().tolist())
+
+
+def test_image_converter_from_and_to_preprocessing_config():
+    config = image_preprocessing.preprocessing_config((12, 16, 1), crop_fraction=0.5,
+                                                      resize_method="area", antialias=False)
+    converter = GMLPImageConverter.from_preprocessing_config(config)
+    assert converter.preprocessing_config == config
+    assert (converter.image_size, converter.channels) == ((12, 16), 1)
+    # crop_fraction=None follows image_size, also when keras-hub sets image_size later.
+    resizable = GMLPImageConverter(channels=1)
+    resizable.image_size = (256, 256)
+    assert resizable.preprocessing_config["crop_fraction"] == 0.875
+    resizable.image_size = (32, 32)
+    assert resizable.preprocessing_config["crop_fraction"] == 1.0
+    restored = GMLPImageConverter.from_config(converter.get_config())
+    assert restored.get_config() == converter.get_config()
+    assert restored.preprocessing_config == config
+    # NumPy arguments (e.g. read from a backbone) become plain values: the config is JSON.
+    numpy_args = GMLPImageConverter(image_size=tuple(np.array([12, 16])),
+                                    channels=np.int64(1), crop_fraction=np.float32(0.5))
+    assert json.loads(json.dumps(numpy_args.get_config()))["channels"] == 1
+    # The registered name round trip (what a preset's image_converter.json holds).
+    serialized = keras.saving.serialize_keras_object(converter)
+    assert serialized["registered_name"] == "keras_gmlp>GMLPImageConverter"
+    assert keras.saving.deserialize_keras_object(serialized).preprocessing_config == config
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": 1 / 255}, r"`scale`=0.0039.*: expected None: GMLPVisionBackbone rescales"),
+    ({"offset": -1.0}, r"`offset`=-1.0: expected None"),
+    ({"channels": 4}, r"`channels`=4: expected 1 or 3"),
+    ({"crop_fraction": 1.5}, r"`crop_fraction`=1.5: expected a float in \(0, 1\]"),
+    ({"resize_method": "cubic"}, r"`resize_method`='cubic': expected one of"),
+    ({"antialias": "yes"}, r"`antialias`='yes': expected True or False"),
+    ({"image_size": (0, 8)}, r"`image_size`=\[0, 8\]: expected \[height, width\] of positive ints"),
+    ({"image_size": 8}, r"`image_size`=8: expected \(height, width\)"),
+    ({"interpolation": "nearest"}, r"`interpolation`='nearest'.*use `resize_method`"),
+    ({"crop_to_aspect_ratio": False}, r"`crop_to_aspect_ratio`=False.*use `crop_fraction`"),
+    ({"data_format": "channels_first"}, r"`data_format`='channels_first': expected None or"),
+    ({"no_such_argument": 1}, r"no_such_argument"),
+])
+def test_image_converter_rejects_bad_arguments_naming_them(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        GMLPImageConverter(**{"image_size": (8, 8), **kwargs})
+
+
+def test_image_converter_rejects_bad_inputs_naming_them():
+    with pytest.raises(ValueError, match=r"`image_size`=None: expected \(height, width\) set"):
+        GMLPImageConverter()(np.zeros((1, 8, 8, 3)))
+    converter = GMLPImageConverter(image_size=(8, 8))
+    with pytest.raises(ValueError, match=r"`inputs`='an array of shape \(8, 8\)'"):
+        converter(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match=r"`inputs`='a string tensor of shape \(1, 1\)'"):
+        converter(np.array([[b"x"]]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        converter([b"not an image"])
+
+
+def _tiny_image_classifier(converter):
+    from keras_gmlp.models import GMLPVisionBackbone
+
+    backbone = GMLPVisionBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=1, hidden_dim=16,
+                                  ffn_dim=32)
+    model = GMLPImageClassifier(backbone, num_classes=3,
+                                preprocessor=GMLPImageClassifierPreprocessor(converter))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def test_image_classifier_preset_keeps_its_converter(tmp_path, rng):
+    converter = GMLPImageConverter(image_size=(32, 32), crop_fraction=0.5, resize_method="bicubic")
+    model = _tiny_image_classifier(converter)
+    files = [tf.io.encode_png(_pixels(rng, (40, 30, 3))).numpy(),
+             tf.io.encode_jpeg(_pixels(rng, (24, 50, 1))).numpy()]
+    preset = str(tmp_path / "preset")
+    model.save_to_preset(preset)
+    loaded_converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    assert type(loaded_converter) is GMLPImageConverter
+    assert loaded_converter.get_config() == converter.get_config()
+    preprocessor = keras_hub.models.ImageClassifierPreprocessor.from_preset(preset)
+    assert type(preprocessor) is GMLPImageClassifierPreprocessor
+    assert preprocessor.image_converter.preprocessing_config == converter.preprocessing_config
+    restored = keras_hub.models.ImageClassifier.from_preset(preset)
+    assert type(restored) is GMLPImageClassifier
+    assert restored.preprocessor.image_converter.preprocessing_config == converter.preprocessing_config
+    # The model called on the pixels (a Task's __call__ skips its preprocessor; predict runs it).
+    want = keras.ops.convert_to_numpy(
+        model(image_preprocessing.preprocess_batch(files, converter.preprocessing_config)))
+    np.testing.assert_allclose(model.predict(files, verbose=0), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(restored.predict(files, verbose=0), want, rtol=1e-5, atol=1e-5)

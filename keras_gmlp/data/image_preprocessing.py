@@ -1,9 +1,12 @@
 """Inference-time image preprocessing: one config dict and plain TensorFlow functions.
 
-Evaluation in `keras_gmlp.data.image_dataset`, the trainer's evaluation, the SavedModel's
-`predict_image_bytes` signature and a user's own call all run `preprocess_image` with the same
-config, so they give the same pixels (and predictions) for the same files. The config is a
-JSON-serializable dict, stored in the export's metadata and in a trainer's model directory:
+This module is the one home of inference-time image preprocessing. Evaluation in
+`keras_gmlp.data.image_dataset`, the trainer's evaluation, the SavedModel's
+`predict_image_bytes` signature, `keras_gmlp.models.GMLPImageConverter` (which wraps
+`preprocess_batch`, so a keras-hub `GMLPImageClassifier.predict` on raw images) and a user's own
+call all run `preprocess_image` with the same config, so they give the same pixels (and
+predictions) for the same files. The config is a JSON-serializable dict, stored in the export's
+metadata, in a trainer's model directory and in a converter's `get_config`:
 
     {"image_size": [height, width], "channels": 1 | 3, "crop_fraction": float in (0, 1],
      "resize_method": "bilinear" | ..., "antialias": bool}
@@ -15,12 +18,15 @@ of the shorter side in the model's aspect ratio, resize to `image_size`
 [0, 255]. Pixels are not normalised: the models rescale [0, 255] themselves.
 
 The functions use TensorFlow ops only (no Python state), so they run eagerly, in `tf.data` maps
-and in a `tf.function` (a keras-hub ImageConverter can wrap them).
+and in a `tf.function` (where keras-hub's `Task.fit`/`predict` run the converter).
 """
+
+import numbers
 
 import tensorflow as tf
 
 from keras_gmlp.validation import check
+from keras_gmlp.validation import is_int
 
 # A centre crop helps at ImageNet-like resolutions, where objects rarely touch the border; at
 # small resolutions (Fashion-MNIST's 28x28, CIFAR's 32x32, 8x8 digits) it cuts off the object.
@@ -58,22 +64,30 @@ def config_for_model(model, **overrides):
     return preprocessing_config(tuple(backbone.image_shape), **overrides)
 
 
-def check_config(config):
-    """`config` validated and normalised (plain ints, floats, lists); ValueError naming the key."""
-    check(isinstance(config, dict) and sorted(config) == sorted(_KEYS), "preprocessing", config,
-          f"a dict with exactly the keys {list(_KEYS)}")
+def check_config(config, name="preprocessing"):
+    """`config` validated and normalised (plain ints, floats, lists); ValueError naming the key.
+
+    Messages name a key as `name['key']`, or as `key` alone when `name` is None (for
+    constructors that take the keys as arguments, such as `GMLPImageConverter`).
+    """
+    check(isinstance(config, dict) and sorted(config) == sorted(_KEYS), name or "preprocessing",
+          config, f"a dict with exactly the keys {list(_KEYS)}")
+
+    def key(k):
+        return f"{name}['{k}']" if name else k
+
     size = config["image_size"]
     check(isinstance(size, (list, tuple)) and len(size) == 2
-          and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size),
-          "preprocessing['image_size']", size, "[height, width] of positive ints")
-    check(config["channels"] in (1, 3) and not isinstance(config["channels"], bool),
-          "preprocessing['channels']", config["channels"], "1 or 3")
+          and all(is_int(s) and s > 0 for s in size),
+          key("image_size"), size, "[height, width] of positive ints")
+    check(is_int(config["channels"]) and config["channels"] in (1, 3),
+          key("channels"), config["channels"], "1 or 3")
     fraction = config["crop_fraction"]
-    check(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1,
-          "preprocessing['crop_fraction']", fraction, "a float in (0, 1]")
-    check(config["resize_method"] in RESIZE_METHODS, "preprocessing['resize_method']",
+    check(isinstance(fraction, numbers.Real) and not isinstance(fraction, bool) and 0 < fraction <= 1,
+          key("crop_fraction"), fraction, "a float in (0, 1]")
+    check(config["resize_method"] in RESIZE_METHODS, key("resize_method"),
           config["resize_method"], f"one of {list(RESIZE_METHODS)}")
-    check(isinstance(config["antialias"], bool), "preprocessing['antialias']", config["antialias"],
+    check(isinstance(config["antialias"], bool), key("antialias"), config["antialias"],
           "True or False")
     return {"image_size": [int(size[0]), int(size[1])], "channels": int(config["channels"]),
             "crop_fraction": float(fraction), "resize_method": str(config["resize_method"]),

@@ -15,6 +15,7 @@ from keras_gmlp.export.common import require
 from keras_gmlp.export.common import require_shape
 from keras_gmlp.export.common import save_versioned
 from keras_gmlp.models import GMLPImageClassifier
+from keras_gmlp.models import GMLPImageConverter
 
 BYTES_SIGNATURE = "predict_image_bytes"
 
@@ -72,6 +73,14 @@ class _ImageClassifierModule(ServingModule):
         return self._classify(images)
 
 
+def _converter_config(model):
+    """The preprocessing config of `model`'s `GMLPImageConverter`, or None without one."""
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    if not isinstance(converter, GMLPImageConverter) or converter.image_size is None:
+        return None
+    return converter.preprocessing_config
+
+
 def export_image_classifier(model, export_base, *, label_names=None, top_k=5, version=None,
                             preprocessing=None, center_crop_fraction=None, resize_method=None,
                             antialias=None):
@@ -105,11 +114,19 @@ def export_image_classifier(model, export_base, *, label_names=None, top_k=5, ve
         top_k: int, number of classes in the top-k outputs.
         version: int, or None for one more than the largest existing version.
         preprocessing: an `image_preprocessing` config (the one the model
-            was evaluated with); default `config_for_model(model)`, the same
+            was evaluated with). Default: the config of the model's
+            `preprocessor.image_converter` when it is a `GMLPImageConverter`
+            with an `image_size` (so `predict_image_bytes` prepares images as
+            `model.predict` does), else `config_for_model(model)`, the same
             default the data pipeline uses at the model's resolution. Stored
             in the export's metadata under "image_preprocessing".
         center_crop_fraction, resize_method, antialias: optional overrides
             of the config's "crop_fraction", "resize_method", "antialias".
+
+    Raises:
+        ValueError: when the config (after overrides) differs from the one
+            of the model's `GMLPImageConverter`: the export would prepare
+            images otherwise than `model.predict`.
 
     Returns:
         The path of the written SavedModel directory, `export_base/<version>`.
@@ -118,16 +135,29 @@ def export_image_classifier(model, export_base, *, label_names=None, top_k=5, ve
         raise TypeError(f"`model` must be a GMLPImageClassifier, got {type(model).__name__}.")
     top_k = check_top_k(top_k)
     label_names = label_names_for(model.num_classes, label_names)
+    converter_config = _converter_config(model)
     if preprocessing is None:
-        preprocessing = image_preprocessing.config_for_model(model)
+        preprocessing = converter_config or image_preprocessing.config_for_model(model)
     overrides = {"crop_fraction": center_crop_fraction, "resize_method": resize_method,
                  "antialias": antialias}
     preprocessing = image_preprocessing.check_config(
         dict(preprocessing, **{k: v for k, v in overrides.items() if v is not None}))
+    if converter_config is not None and preprocessing != converter_config:
+        given = " (with the crop/resize overrides)" if any(
+            v is not None for v in overrides.values()) else ""
+        raise ValueError(
+            f"`preprocessing`={preprocessing}{given}: differs from the "
+            f"config of the model's preprocessor's GMLPImageConverter, {converter_config}, so "
+            "`predict_image_bytes` would prepare images otherwise than `model.predict`. Pass "
+            "neither (the export takes the converter's), or give the model "
+            "`GMLPImageConverter.from_preprocessing_config(preprocessing)`.")
     expected = list(model.backbone.image_shape)
     if preprocessing["image_size"] + [preprocessing["channels"]] != expected:
+        source = (f"The model's GMLPImageConverter config {preprocessing}"
+                  if preprocessing == converter_config
+                  else f"`preprocessing`={preprocessing}")
         raise ValueError(
-            f"`preprocessing`={preprocessing}: its image_size and channels must match the model's "
+            f"{source}: its image_size and channels must match the model's "
             f"image_shape {tuple(expected)}.")
     metadata = model_metadata(
         model, top_k=top_k, label_names=label_names, image_preprocessing=preprocessing,

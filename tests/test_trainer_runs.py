@@ -231,3 +231,26 @@ def test_bad_flag_fails_at_start_up_before_reading_data(tmp_path):
     assert "--global_batch_size" in output and "expected an integer >= 1" in output
     assert not model_dir.exists()  # nothing written, no data read
     assert "default corpus" not in output
+
+
+def test_image_trainer_preset_predicts_files_as_its_export(tmp_path):
+    """MODEL_DIR/preset carries the evaluation/export preprocessing: keras-hub's generic
+    ImageClassifier.from_preset predicts encoded files of any size as predict_image_bytes."""
+    import keras_hub
+
+    import keras_gmlp  # noqa: F401  (registers the classes keras-hub's loader looks up)
+
+    model_dir = str(tmp_path / "digits")
+    _run("trainers.train_image_classifier",
+         [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
+          "--global_batch_size=16", "--train_steps=2", "--warmup_steps=0", "--eval_steps=1",
+          f"--export_dir={model_dir}/export"])
+    classifier = keras_hub.models.ImageClassifier.from_preset(os.path.join(model_dir, "preset"))
+    rng = np.random.default_rng(0)
+    files = [tf.io.encode_png(rng.integers(0, 256, shape, dtype=np.uint8)).numpy()
+             for shape in [(8, 8, 1), (20, 13, 1), (9, 9, 3), (40, 64, 3)]]
+    export = os.path.join(model_dir, "export", os.listdir(os.path.join(model_dir, "export"))[0])
+    served = tf.saved_model.load(export).signatures["predict_image_bytes"](
+        image_bytes=tf.constant(files))
+    np.testing.assert_allclose(classifier.predict(np.array(files, dtype=object), verbose=0),
+                               served["logits"].numpy(), atol=1e-5)

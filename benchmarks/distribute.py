@@ -118,7 +118,7 @@ def _log_tail(path, lines=40):
         return "".join(f.readlines()[-lines:])
 
 
-def end_to_end(data, batch, steps, workdir):
+def end_to_end(data, batch, steps, workdir, repeats=1):
     """Steps/s of the image trainer: 1 worker, 2 workers with and without per-worker input.
 
     A run whose trainer exits non-zero is reported (exit codes, and each worker's log tail on
@@ -131,36 +131,51 @@ def end_to_end(data, batch, steps, workdir):
     common = [sys.executable, "-m", "trainers.train_image_classifier", f"--data={data}",
               f"--global_batch_size={batch}", f"--train_steps={steps}",
               f"--log_every={max(steps // 5, 1)}", f"--checkpoint_every={steps}", *size]
+    runs = (("1 worker", 1, []),
+            ("2 workers, global batches (before)", 2, ["--noper_worker_input"]),
+            ("2 workers, per-worker input (after)", 2, []))
+    # Repeats cycle through the runs, so slow spells of a shared machine hit each alike.
+    rates = {name: [] for name, _, _ in runs}
+    failures = {}
+    for repeat in range(repeats):
+        for name, workers, extra in runs:
+            rate = _trainer_run(name, workers, extra, common, env,
+                                os.path.join(workdir, f"{repeat}_" + name.replace(" ", "_").replace(",", "")))
+            if isinstance(rate, str):
+                failures[name] = rate
+            else:
+                rates[name].append(rate)
     rows = []
-    for name, workers, extra in (("1 worker", 1, []),
-                                 ("2 workers, global batches (before)", 2,
-                                  ["--noper_worker_input"]),
-                                 ("2 workers, per-worker input (after)", 2, [])):
-        model_dir = os.path.join(workdir, name.replace(" ", "_").replace(",", ""))
-        hosts = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
-        processes = []
-        for index in range(workers):
-            worker_env = dict(env)
-            if workers > 1:
-                worker_env["TF_CONFIG"] = json.dumps(
-                    {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
-            strategy = "multi_worker_mirrored" if workers > 1 else "default"
-            log = open(f"{model_dir}.{index}.log", "w")
-            processes.append(subprocess.Popen(
-                [*common, f"--model_dir={model_dir}", f"--strategy={strategy}", *extra],
-                cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
-        codes = [process.wait(timeout=1800) for process in processes]
-        if any(codes):
-            for index in range(workers):
-                print(f"--- {name}, worker {index} (exit {codes[index]}), last lines of its log:\n"
-                      + _log_tail(f"{model_dir}.{index}.log"), file=sys.stderr)
-            rows.append(dict(run=name, steps_per_second=float("nan"),
-                             examples_per_second=float("nan"), exit_codes=str(codes)))
-            continue
-        rate = _steps_per_second(model_dir)
-        rows.append(dict(run=name, steps_per_second=rate, examples_per_second=batch * rate,
-                         exit_codes=str(codes)))
+    for name, _, _ in runs:
+        values = sorted(rates[name])
+        median = values[len(values) // 2] if values else float("nan")
+        rows.append(dict(run=name, steps_per_second=median, examples_per_second=batch * median,
+                         runs=", ".join(f"{v:.3g}" for v in rates[name]),
+                         failed=failures.get(name, "")))
     return rows
+
+
+def _trainer_run(name, workers, extra, common, env, model_dir):
+    """One run's steps/s, or a string saying how it failed (its log tails go to stderr)."""
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    processes = []
+    for index in range(workers):
+        worker_env = dict(env)
+        if workers > 1:
+            worker_env["TF_CONFIG"] = json.dumps(
+                {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
+        strategy = "multi_worker_mirrored" if workers > 1 else "default"
+        log = open(f"{model_dir}.{index}.log", "w")
+        processes.append(subprocess.Popen(
+            [*common, f"--model_dir={model_dir}", f"--strategy={strategy}", *extra],
+            cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
+    codes = [process.wait(timeout=1800) for process in processes]
+    if any(codes):
+        for index in range(workers):
+            print(f"--- {name}, worker {index} (exit {codes[index]}), last lines of its log:\n"
+                  + _log_tail(f"{model_dir}.{index}.log"), file=sys.stderr)
+        return f"exit codes {codes}"
+    return _steps_per_second(model_dir)
 
 
 def step_overhead(repeats, loop_steps=100):
@@ -212,6 +227,8 @@ def main(argv=None):
     parser.add_argument("--e2e-data", default=None,
                         help="--data of the end-to-end runs (default: the PNG digits folder; "
                         "fashion_mnist: Debian's Fashion-MNIST, the real image set)")
+    parser.add_argument("--e2e-repeats", type=int, default=1,
+                        help="end-to-end runs of each kind, interleaved (median reported)")
     parser.add_argument("--sections", default="input,e2e,overhead",
                         help="comma-separated subset of input, e2e, overhead")
     args = parser.parse_args(argv)
@@ -224,7 +241,7 @@ def main(argv=None):
             result["input_work"] = input_work(data, args.batch, args.input_steps)
         if "e2e" in sections:
             result["end_to_end"] = end_to_end(args.e2e_data or data, args.batch, args.steps,
-                                              workdir)
+                                              workdir, args.e2e_repeats)
         if "overhead" in sections:
             result["step_overhead"] = step_overhead(args.repeats)
         result["load_after"] = os.getloadavg()

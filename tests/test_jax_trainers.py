@@ -393,9 +393,9 @@ def _finish_processes(processes, timeout=600):
     return [_finish(p) for p in processes]
 
 
-def _multi_host_args(model_dir, vocab_file, train_steps):
-    return _mlm_args(model_dir, vocab_file, train_steps, "--strategy=data_parallel",
-                     "--multi_host")
+def _multi_host_args(model_dir, vocab_file, train_steps, *strategy):
+    return _mlm_args(model_dir, vocab_file, train_steps, "--multi_host",
+                     *(strategy or ["--strategy=data_parallel"]))
 
 
 @pytest.fixture(scope="module")
@@ -465,11 +465,16 @@ def test_multi_host_processes_restarted_resume_from_their_own_input_positions(
     shutil.copytree(dirs[0], model_dir)
     shutil.copytree(os.path.join(dirs[1], "input_worker_1"),
                     os.path.join(model_dir, "input_worker_1"))
-    outputs = _finish_processes(_start_processes("trainers.pretrain_mlm", [
-        _multi_host_args(model_dir, vocab_file, MULTI_HOST_STEPS + 4)] * 2, devices=2))
-    for returncode, output in outputs:
+    # Restarted on a ("batch", "model") mesh of 2 x 2: the restored weights are split over
+    # each process's devices, the batch still over the processes.
+    outputs = _finish_processes(_start_processes("trainers.pretrain_mlm", [_multi_host_args(
+        model_dir, vocab_file, MULTI_HOST_STEPS + 4, "--strategy=model_parallel",
+        "--model_parallel_size=2")] * 2, devices=2))
+    for index, (returncode, output) in enumerate(outputs):
         assert returncode == 0, output[-4000:]
         assert f"ckpt-{MULTI_HOST_STEPS} at step {MULTI_HOST_STEPS}." in output
+        assert "Mesh {'batch': 2, 'model': 2}: 8 of 18 weights split" in output
+        assert f"Input: this process's pipeline ({index} of 2) reads 4 of every 8" in output
     # The steps after the restart read on from where each process's pipeline had stopped.
     one, got = _losses(runs[0]["one"]), _losses(model_dir)
     assert sorted(got) == list(range(1, MULTI_HOST_STEPS + 5))

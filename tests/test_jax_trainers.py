@@ -3,13 +3,17 @@
 Every run is its own process (`KERAS_BACKEND` and `XLA_FLAGS=--xla_force_host_platform_
 device_count=8` must be set before JAX starts). The runs are tiny masked LMs sharing one
 character-level vocabulary; a constant rate after warmup makes the first steps' learning
-rates independent of --train_steps, so short runs compare with the long baseline.
+rates independent of --train_steps, so short runs compare with the long baseline. Two
+`--multi_host` processes of 2 devices each, joined over localhost (gloo collectives on CPU),
+stand in for a 2-host slice.
 """
 
 import glob
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +27,6 @@ from trainer_processes import losses as _losses
 from trainer_processes import model_values as _model_values
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 TRAIN_STEPS = 40
 COMPARED_STEPS = 10
 TINY_MLM = [
@@ -34,19 +37,22 @@ TINY_MLM = [
 ]
 
 
-def _env(devices=1):
+def _env(devices=1, **extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="",
                JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
-    env["XLA_FLAGS"] = EIGHT_DEVICES if devices == 8 else ""
+    for name in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                 "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID"):
+        env.pop(name, None)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    env.update(extra)
     return env
 
 
-def _start(module, args, devices=1):
+def _start(module, args, devices=1, **env):
     model_dir = next(a for a in args if a.startswith("--model_dir="))[len("--model_dir="):]
     log = open(f"{model_dir}.{time.monotonic_ns()}.log", "w")
     process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
-                               env=_env(devices), stdout=log, stderr=subprocess.STDOUT)
+                               env=_env(devices, **env), stdout=log, stderr=subprocess.STDOUT)
     process.log_path = log.name
     return process
 
@@ -351,3 +357,137 @@ def test_strategies_of_the_other_backend_fail_at_start_up(tmp_path):
                        match=r"--strategy=model_parallel: expected one of \['default'"):
         fv(["trainer", f"--model_dir={tmp_path}/run", "--strategy=model_parallel"])
     assert not (tmp_path / "run").exists()
+
+
+MULTI_HOST_STEPS = 8
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start_processes(module, args_of_process, devices):
+    """One `--multi_host` process per argument list, joined through Keras' variables."""
+    port = _free_port()
+    return [_start(module, args, devices, KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
+                   KERAS_DISTRIBUTION_NUM_PROCESSES=str(len(args_of_process)),
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+            for index, args in enumerate(args_of_process)]
+
+
+def _finish_processes(processes, timeout=600):
+    """(returncode, log) of each; once one has failed, the others (waiting on it) are killed."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in processes):
+        running = next(p for p in processes if p.poll() is None)
+        try:
+            running.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline or any(p.poll() for p in processes):
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+    return [_finish(p) for p in processes]
+
+
+def _multi_host_args(model_dir, vocab_file, train_steps, *strategy):
+    return _mlm_args(model_dir, vocab_file, train_steps, "--multi_host",
+                     *(strategy or ["--strategy=data_parallel"]))
+
+
+@pytest.fixture(scope="module")
+def multi_host(vocab_file, tmp_path_factory):
+    """8 steps of 2 processes x 2 devices with --multi_host, as one data-parallel program.
+
+    On a slice every process names the same shared --model_dir. Here process 1 names one of
+    its own, so that what it writes is seen apart: only its input iterator, by design.
+    """
+    root = tmp_path_factory.mktemp("multi_host")
+    dirs = [str(root / "process_0"), str(root / "process_1")]
+    outputs = _finish_processes(_start_processes("trainers.pretrain_mlm", [
+        _multi_host_args(d, vocab_file, MULTI_HOST_STEPS) for d in dirs], devices=2))
+    for returncode, output in outputs:
+        assert returncode == 0, output[-4000:]
+    return dirs, [output for _, output in outputs]
+
+
+def test_two_multi_host_processes_train_as_one_data_parallel_program(runs, multi_host):
+    dirs, outputs = multi_host
+    for index, output in enumerate(outputs):
+        assert "DataParallel on 4 device(s) in 2 process(es)." in output
+        assert "Mesh {'batch': 4}" in output
+        # Each process's pipeline reads and masks only its half of every global batch.
+        assert f"Input: this process's pipeline ({index} of 2) reads 4 of every 8" in output
+    one, data, got = (_losses(d) for d in (runs[0]["one"], runs[0]["data"], dirs[0]))
+    assert sorted(got) == list(range(1, MULTI_HOST_STEPS + 1))
+    table = np.array([[one[s], data[s], got[s]] for s in sorted(got)])
+    print("step  1 device  data_parallel(8)  2 processes x 2 devices")
+    for step, row in enumerate(table, 1):
+        print(f"{step:4d}  {row[0]:.6f}  {row[1]:.6f}  {row[2]:.6f}")
+    np.testing.assert_allclose(table[:, 2], table[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(table[:, 2], table[:, 1], rtol=1e-4)
+    assert np.ptp(table[:, 0]) > 1e-3
+    # Process 0 saved the weights of the whole program (gathered from every device).
+    saved = _model_values(os.path.join(dirs[0], f"ckpt-{MULTI_HOST_STEPS}"))
+    reference = _model_values(os.path.join(runs[0]["data"], f"ckpt-{MULTI_HOST_STEPS}"))
+    assert saved.keys() == reference.keys() and len(saved) > 10
+    for key in reference:
+        np.testing.assert_allclose(saved[key], reference[key], rtol=1e-3, atol=1e-5,
+                                   err_msg=key)
+
+
+def test_multi_host_only_process_0_writes_the_run_the_others_their_input_iterators(multi_host):
+    dirs, _ = multi_host
+    assert sorted(os.listdir(dirs[0])) == [
+        ".lock", "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index",
+        "ckpt-8.data-00000-of-00001", "ckpt-8.index", "eval", "flags.json", "flags.txt",
+        "metrics.jsonl", "model_config.json", "train", "vocab.txt"]
+    for summaries in ("train", "eval"):  # one events file: one writer
+        assert len(os.listdir(os.path.join(dirs[0], summaries))) == 1
+    with open(os.path.join(dirs[0], "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steps = [record["step"] for record in records if "loss" in record]
+    assert steps == list(range(1, MULTI_HOST_STEPS + 1))  # each step written once
+    assert os.listdir(dirs[1]) == ["input_worker_1"]
+    assert sorted(os.listdir(os.path.join(dirs[1], "input_worker_1"))) == [
+        "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index",
+        "ckpt-8.data-00000-of-00001", "ckpt-8.index"]
+
+
+def test_multi_host_processes_restarted_resume_from_their_own_input_positions(
+        runs, multi_host, vocab_file, tmp_path):
+    dirs, _ = multi_host
+    # The shared directory the two processes would have written on a slice.
+    model_dir = str(tmp_path / "shared")
+    shutil.copytree(dirs[0], model_dir)
+    shutil.copytree(os.path.join(dirs[1], "input_worker_1"),
+                    os.path.join(model_dir, "input_worker_1"))
+    # Restarted on a ("batch", "model") mesh of 2 x 2: the restored weights are split over
+    # each process's devices, the batch still over the processes.
+    outputs = _finish_processes(_start_processes("trainers.pretrain_mlm", [_multi_host_args(
+        model_dir, vocab_file, MULTI_HOST_STEPS + 4, "--strategy=model_parallel",
+        "--model_parallel_size=2")] * 2, devices=2))
+    for index, (returncode, output) in enumerate(outputs):
+        assert returncode == 0, output[-4000:]
+        assert f"ckpt-{MULTI_HOST_STEPS} at step {MULTI_HOST_STEPS}." in output
+        assert "Mesh {'batch': 2, 'model': 2}: 8 of 18 weights split" in output
+        assert f"Input: this process's pipeline ({index} of 2) reads 4 of every 8" in output
+    # The steps after the restart read on from where each process's pipeline had stopped.
+    one, got = _losses(runs[0]["one"]), _losses(model_dir)
+    assert sorted(got) == list(range(1, MULTI_HOST_STEPS + 5))
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [one[s] for s in sorted(got)],
+                               rtol=1e-4)
+
+
+def test_multi_host_without_a_cluster_fails_before_writing_and_names_the_variables(
+        vocab_file, tmp_path):
+    model_dir = str(tmp_path / "run")
+    returncode, output = _run("trainers.pretrain_mlm",
+                              _multi_host_args(model_dir, vocab_file, 4), expect_ok=False)
+    assert returncode == 1, output[-4000:]
+    assert "--multi_host: jax.distributed.initialize() found no cluster to join" in output
+    assert "KERAS_DISTRIBUTION_NUM_PROCESSES" in output
+    assert not os.path.exists(model_dir)

@@ -75,11 +75,14 @@ def define_common_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
                          "(e.g. 2 to try --strategy=mirrored on a laptop); 0 leaves it as is.",
                          flag_values=fv)
-    flags.DEFINE_bool("multi_host", False, "KERAS_BACKEND=jax: call keras.distribution."
-                      "initialize() (jax.distributed.initialize) first, on every host of a "
-                      "multi-host TPU slice (it finds the other hosts itself) or with "
-                      "KERAS_DISTRIBUTION_JOB_ADDRESSES/_NUM_PROCESSES/_PROCESS_ID set.",
-                      flag_values=fv)
+    flags.DEFINE_bool("multi_host", False, "KERAS_BACKEND=jax: join every process of a "
+                      "multi-host TPU slice into one program: keras.distribution.initialize() "
+                      "(jax.distributed.initialize) runs first. Pass it on every host; on "
+                      "Cloud TPU JAX finds the other hosts itself, elsewhere set "
+                      "KERAS_DISTRIBUTION_JOB_ADDRESSES=<process 0's host:port>, "
+                      "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID in "
+                      "each process. With --per_worker_input each process reads only its share "
+                      "of every global batch.", flag_values=fv)
     flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every N steps (and at the "
                          "end).", flag_values=fv)
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.",

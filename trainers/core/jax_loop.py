@@ -13,9 +13,11 @@ what differs is what JAX does natively:
 - `--steps_per_loop=N` runs N steps in one call, a `jax.lax.fori_loop` over N stacked batches; the
   per-step losses come back stacked, so logs, metrics.jsonl and the NaN check still see every
   step, at the loop boundary. Checkpoints, evaluation and export happen at loop boundaries.
-- Batches come from the same tf.data pipeline as numpy arrays (as keras-hub feeds JAX). Each
-  process keeps its rows of each global batch (every host builds the same pipeline), and
-  `jax.make_array_from_process_local_data` assembles the global batch.
+- Batches come from the same tf.data pipeline as numpy arrays (as keras-hub feeds JAX). With
+  `--multi_host` each process's pipeline reads only its share of every global batch
+  (`--per_worker_input`, element-level sharding as in the TF loop's workers) and
+  `jax.make_array_from_process_local_data` assembles the global batch from the shares; process
+  p > 0 keeps its iterator in `MODEL_DIR/input_worker_<p>/`, as a TF worker does.
 - Checkpoints use TensorFlow's checkpoint format and the TF loop's variable keys
   (`model/<key>`, `optimizer/<key>`, the tf.data iterator), written by process 0 through
   `tf.train.CheckpointManager`, whose index file is replaced atomically: a run killed while
@@ -106,6 +108,51 @@ def _backbone_class(task):
     return models.GMLPVisionBackbone if vision else models.GMLPBackbone
 
 
+def _initialize_multi_host():
+    # Before anything asks JAX for its devices. Keras reads its KERAS_DISTRIBUTION_* variables;
+    # without them JAX detects a Cloud TPU slice (or a SLURM, Open MPI or Kubernetes job).
+    try:
+        keras.distribution.initialize()
+    except ValueError as error:
+        raise ValueError(
+            f"--multi_host: jax.distributed.initialize() found no cluster to join ({error}). "
+            "On a Cloud TPU slice JAX finds the other hosts itself; elsewhere (e.g. several "
+            "CPU or GPU processes) set KERAS_DISTRIBUTION_JOB_ADDRESSES=<process 0's host:port>, "
+            "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID in every "
+            "process's environment.") from error
+
+
+def _sync(name):
+    # Every process reaches this point before any goes on (a no-op in one process).
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def input_pipelines(distribution, global_batch_size, per_worker_input):
+    """(count, index) of the input pipelines and this process's: one per process or one.
+
+    Each process reads only its share of every global batch when the data layout gives each
+    process one block of rows, process p the p-th (data-parallel meshes over every device);
+    otherwise (one process, `--noper_worker_input`, a "model" axis across processes) every
+    process reads whole global batches and keeps the rows its devices hold.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1 or not per_worker_input or distribution is None:
+        return 1, 0
+    layout = distribution.get_data_layout((global_batch_size,))
+    sharding = jax.sharding.NamedSharding(layout.device_mesh.backend_mesh,
+                                          jax.sharding.PartitionSpec(*layout.axes))
+    blocks = {s[0].indices(global_batch_size)[:2]
+              for s in sharding.addressable_devices_indices_map((global_batch_size,)).values()}
+    share = global_batch_size // count
+    if (min(b[0] for b in blocks), max(b[1] for b in blocks)) != (index * share,
+                                                                (index + 1) * share):
+        return 1, 0
+    return count, index
+
+
 def _set_cpu_devices(count):
     # Mirrors --num_cpu_devices of the TF loop; only possible before JAX starts its backends.
     if count > 1:
@@ -120,14 +167,13 @@ def _set_cpu_devices(count):
 class Trainer:
     """The model's state as jax arrays, the compiled loops, and the host-side data feed."""
 
-    def __init__(self, task, model, optimizer, distribution, clipnorm):
+    def __init__(self, task, model, optimizer, distribution, clipnorm, pipelines=1):
         self.task = task
         self.model = model
         self.optimizer = optimizer
         self.distribution = distribution
         self.clipnorm = float(clipnorm)
-        self.process_index = jax.process_index()
-        self.process_count = jax.process_count()
+        self.pipelines = pipelines
         self._train = jax.jit(self._train_loop, donate_argnums=0,
                               out_shardings=(self._state_shardings(), None))
         self._eval = jax.jit(self._eval_step)
@@ -240,11 +286,6 @@ class Trainer:
         return {k: float(v) for k, v in jax.device_get(self._eval(state, batch)).items()}
 
     # ---- data --------------------------------------------------------------------------
-    def _local_rows(self, array):
-        size = array.shape[0]
-        index, count = self.process_index, self.process_count
-        return array[size * index // count: size * (index + 1) // count]
-
     def _sharding(self, shape, stacked, shard_batch):
         if self.distribution is None:
             return jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -255,26 +296,29 @@ class Trainer:
         return jax.sharding.NamedSharding(layout.device_mesh.backend_mesh,
                                           jax.sharding.PartitionSpec(*axes))
 
-    def device_batch(self, host_batch, stacked):
-        """Global jax arrays from numpy global batches (rows split by process and device).
+    def device_batch(self, host_batch, stacked, share=False):
+        """Global jax arrays from numpy batches, split over the devices by rows.
 
-        A batch whose rows do not split evenly (the last evaluation batch) is replicated.
+        `host_batch` is a global batch, or with `share` this process's pipeline's share of one
+        (`pipelines` > 1). A global batch whose rows do not split evenly (the last evaluation
+        batch) is replicated.
         """
-        leaves = jax.tree_util.tree_leaves(host_batch)
-        rows = leaves[0].shape[1 if stacked else 0]
-        shard = rows % (data_parallel_size(self.distribution) * self.process_count) == 0
+        axis = 1 if stacked else 0
+        rows = jax.tree_util.tree_leaves(host_batch)[0].shape[axis]
+        if share:
+            rows *= self.pipelines
+        shard = rows % data_parallel_size(self.distribution) == 0
 
         def put(array):
             array = _jax_dtype(array)
-            sharding = self._sharding(array.shape, stacked, shard)
+            shape = array.shape[:axis] + (rows,) + array.shape[axis + 1:]
+            sharding = self._sharding(shape, stacked, shard)
             if self.distribution is None:
                 return jax.device_put(array, sharding)
-            if shard:
-                local = (np.stack([self._local_rows(a) for a in array]) if stacked
-                         else self._local_rows(array))
-            else:
-                local = array
-            return jax.make_array_from_process_local_data(sharding, local, array.shape)
+            if share and self.pipelines > 1:
+                return jax.make_array_from_process_local_data(sharding, array, shape)
+            # Every process holds the whole batch: each device takes its rows from it.
+            return jax.make_array_from_callback(shape, sharding, lambda index: array[index])
 
         return jax.tree_util.tree_map(put, host_batch)
 
@@ -312,13 +356,27 @@ class Checkpointer:
     """model/optimizer/step/iterator in TensorFlow's checkpoint format, from jax values.
 
     Keras variables on JAX are not TensorFlow trackables, so each is mirrored by a host
-    tf.Variable under the TF loop's key; process 0 writes, every process reads.
+    tf.Variable under the TF loop's key; process 0 writes, every process reads. With one input
+    pipeline per process (`pipelines` > 1), process p > 0 keeps its `iterator` in
+    `MODEL_DIR/input_worker_<p>/ckpt-<step>` (the TF loop's layout), written before process 0
+    writes that step's checkpoint, so the latest checkpoint always has every process's iterator.
     """
 
-    def __init__(self, model, optimizer, iterator, directory, keep, is_chief):
+    def __init__(self, model, optimizer, iterator, directory, keep, is_chief, pipelines=1):
         self.variables = list(model.variables)
         self.optimizer_variables = list(optimizer.variables)
         self.is_chief = is_chief
+        self.directory = directory
+        self.pipelines = pipelines
+        self.saves_iterator = iterator is not None
+        self.input_manager = None
+        if iterator is not None and pipelines > 1 and jax.process_index() > 0:
+            from trainers.core import loop
+
+            self.input_manager = tf.train.CheckpointManager(
+                tf.train.Checkpoint(iterator=iterator),
+                loop.worker_input_dir(directory, jax.process_index()), max_to_keep=keep)
+            iterator = None
 
         def mirrors(variables):
             return [tf.Variable(np.zeros(v.shape, _jax_dtype(np.zeros((), v.dtype)).dtype),
@@ -340,6 +398,10 @@ class Checkpointer:
             self.checkpoint, directory, max_to_keep=keep, step_counter=self.step)
 
     def save(self, step):
+        if self.input_manager is not None:
+            self.input_manager.save(checkpoint_number=step)
+        if self.pipelines > 1 and self.saves_iterator:
+            _sync(f"input iterators of step {step} saved")
         # Every process takes part in gathering sharded values; only process 0 writes.
         values = [_to_host(v.value) for v in self.variables + self.optimizer_variables]
         if not self.is_chief:
@@ -350,6 +412,10 @@ class Checkpointer:
         return self.manager.save(checkpoint_number=step)
 
     def restore(self, path):
+        from trainers.core import loop
+
+        if self.saves_iterator:
+            loop._check_worker_inputs(self.directory, path, self.pipelines)
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except AssertionError as error:
@@ -357,6 +423,9 @@ class Checkpointer:
                 f"{path}: this checkpoint does not hold this model's and optimizer's variables "
                 "under the JAX loop's keys (a run of another model, or one trained with "
                 "KERAS_BACKEND=tensorflow, cannot be resumed on JAX).") from error
+        if self.input_manager is not None:
+            self.input_manager.checkpoint.restore(loop._worker_input_path(
+                self.directory, jax.process_index(), path)).assert_consumed()
         for variable, mirror in zip(self.variables + self.optimizer_variables,
                                     self.mirrors + self.optimizer_mirrors):
             variable.assign(mirror.numpy())
@@ -375,11 +444,11 @@ def run(task):
     fv = task.flags
     _set_cpu_devices(fv.num_cpu_devices)
     if fv.multi_host:
-        keras.distribution.initialize()  # before anything asks JAX for its devices
+        _initialize_multi_host()
     if fv.mixed_precision != "float32":
         keras.config.set_dtype_policy(fv.mixed_precision)
     distribution = make_distribution(fv.strategy, fv.model_parallel_size, _backbone_class(task))
-    replicas = data_parallel_size(distribution) * jax.process_count()
+    replicas = data_parallel_size(distribution)  # the mesh spans every process's devices
     if fv.global_batch_size % replicas:
         raise ValueError(
             f"--global_batch_size={fv.global_batch_size}: expected a multiple of "
@@ -408,6 +477,7 @@ def _run(task, distribution, chief):
     model_dir = fv.model_dir
     if chief:
         run_dir.remove_partial_saves(model_dir)
+    _sync("model_dir cleaned")  # every process then finds the same checkpoints
     found = run_dir.checkpoint_steps(model_dir)
     task.prepare(model_dir, chief)
     keras.utils.set_random_seed(fv.seed)
@@ -423,15 +493,25 @@ def _run(task, distribution, chief):
                      describe_layout(model))
     backbone_config = (keras.saving.serialize_keras_object(model.backbone)
                        if hasattr(model, "backbone") else None)
-    train_ds = task.train_dataset(fv.global_batch_size)
+    pipelines, pipeline = input_pipelines(distribution, fv.global_batch_size,
+                                          fv.per_worker_input)
+    context = tf.distribute.InputContext(pipelines, pipeline, data_parallel_size(distribution))
+    train_ds = task.train_dataset(fv.global_batch_size // pipelines,
+                                  context if pipelines > 1 else None)
+    logging.info("Input: this process's pipeline (%d of %d) reads %d of every %d examples.",
+                 pipeline, pipelines, fv.global_batch_size // pipelines, fv.global_batch_size)
     iterator = iter(train_ds) if fv.checkpoint_iterator else None
     checkpointer = Checkpointer(model, optimizer, iterator, model_dir, fv.keep_checkpoints + 1,
-                                chief)
+                                chief, pipelines)
     resumed = None
     step = 0
     if found:
         loop._compare_with_stored_run(task, backbone_config, fv.checkpoint_iterator)
         resumed = run_dir.restore_newest(found, checkpointer.restore, model_dir)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.assert_equal(resumed, "The processes restored different checkpoints")
         step = resumed
         logging.info("Resumed from %s at step %d.", os.path.join(model_dir, f"ckpt-{resumed}"),
                      step)
@@ -442,7 +522,7 @@ def _run(task, distribution, chief):
     if iterator is None:
         iterator = iter(train_ds.skip(step))
     eval_ds = task.eval_dataset(fv.global_batch_size)
-    trainer = Trainer(task, model, optimizer, distribution, fv.global_clipnorm)
+    trainer = Trainer(task, model, optimizer, distribution, fv.global_clipnorm, pipelines)
     state = trainer.state()
     log = ProgressLog(model_dir, chief, fv.train_steps, fv.global_batch_size)
     start_step = step
@@ -459,7 +539,8 @@ def _run(task, distribution, chief):
         host = [_numpy(next(iterator)) for _ in range(count)]
         host += [jax.tree_util.tree_map(np.zeros_like, host[0])] * (fv.steps_per_loop - count)
         batches = trainer.device_batch(
-            jax.tree_util.tree_map(lambda *rows: np.stack(rows), *host), stacked=True)
+            jax.tree_util.tree_map(lambda *rows: np.stack(rows), *host), stacked=True,
+            share=True)
         loop_start = time.perf_counter()
         state, (losses, sums, grad_norms) = trainer.train(state, batches, count)
         loop_end = time.perf_counter()

@@ -282,7 +282,7 @@ def test_compiled_train_loop_has_no_host_callbacks(checks):
 
 
 def test_export_gives_the_jax_models_outputs(runs, checks):
-    _, outputs, export_base = runs
+    dirs, outputs, export_base = runs
     assert "Exported a SavedModel to" in outputs["model"]
     _, inputs, jax_logits = checks
     versions = os.listdir(export_base)
@@ -293,6 +293,13 @@ def test_export_gives_the_jax_models_outputs(runs, checks):
     assert served.shape == jax_logits.shape == (2, 5, 103)
     np.testing.assert_allclose(served.numpy(), jax_logits, atol=1e-5, rtol=1e-5)
     assert np.ptp(jax_logits) > 0.1
+    # The run's MODEL_DIR/preset (saved from the sharded JAX weights) loads on TensorFlow with
+    # keras-hub's generic loader and gives the same logits.
+    import keras_hub
+
+    model = keras_hub.models.MaskedLM.from_preset(os.path.join(dirs["model"], "preset"))
+    logits = model({k: tf.constant(v, tf.int32) for k, v in inputs.items()}, training=False)
+    np.testing.assert_allclose(np.asarray(logits), jax_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_image_trainer_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path):
@@ -437,6 +444,17 @@ def test_two_multi_host_processes_train_as_one_data_parallel_program(runs, multi
     for key in reference:
         np.testing.assert_allclose(saved[key], reference[key], rtol=1e-3, atol=1e-5,
                                    err_msg=key)
+    # The weights are split across the processes, so a TensorFlow child wrote the preset from
+    # the final checkpoint: it holds exactly that checkpoint's weights.
+    import keras_hub
+
+    from trainers.core.checkpoints import checkpoint_keys
+
+    model = keras_hub.models.MaskedLM.from_preset(os.path.join(dirs[0], "preset"))
+    assert model.preprocessor is not None
+    for key, weight in zip(checkpoint_keys(model.weights), model.weights):
+        np.testing.assert_array_equal(np.asarray(weight),
+                                      saved[f"model/{key}/.ATTRIBUTES/VARIABLE_VALUE"], key)
 
 
 def test_multi_host_only_process_0_writes_the_run_the_others_their_input_iterators(multi_host):
@@ -444,7 +462,7 @@ def test_multi_host_only_process_0_writes_the_run_the_others_their_input_iterato
     assert sorted(os.listdir(dirs[0])) == [
         ".lock", "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index",
         "ckpt-8.data-00000-of-00001", "ckpt-8.index", "eval", "flags.json", "flags.txt",
-        "metrics.jsonl", "model_config.json", "train", "vocab.txt"]
+        "metrics.jsonl", "model_config.json", "preset", "train", "vocab.txt"]
     for summaries in ("train", "eval"):  # one events file: one writer
         assert len(os.listdir(os.path.join(dirs[0], summaries))) == 1
     with open(os.path.join(dirs[0], "metrics.jsonl")) as f:

@@ -25,6 +25,8 @@ what differs is what JAX does natively:
   fine-tuning run on either backend.
 - `--export_dir` rebuilds the model from the last checkpoint in a child process on the
   TensorFlow backend, which writes the same SavedModel a TF-trained run gives.
+- MODEL_DIR/preset (`trainers.core.preset`) is written by process 0 itself when it holds every
+  weight (one process), else by that TensorFlow child from the final checkpoint.
 """
 
 import json
@@ -587,12 +589,20 @@ def _run(task, distribution, chief):
     if chief:
         checkpoints.keep_newest(model_dir, fv.keep_checkpoints)
     logging.info("Finished at step %d (last checkpoint: step %s).", step, last_saved)
-    if chief:
+    # One process holds every weight whole, so it can save the preset itself; across hosts the
+    # weights are split between processes, and a TensorFlow child rebuilds the model from the
+    # final checkpoint (as for the export) and writes it.
+    preset_here = chief and jax.process_count() == 1
+    if preset_here:
         preset.write_preset(model, task.preprocessor(), model_dir)
-    if fv.export_dir and chief:
-        latest = tf.train.latest_checkpoint(model_dir)
-        path = export_with_tensorflow(task, latest)
-        logging.info("Exported a SavedModel to %s", path)
+    outputs = ([] if preset_here else [PRESET]) + ([EXPORT] if fv.export_dir else [])
+    if chief and outputs:
+        paths = write_with_tensorflow(task, tf.train.latest_checkpoint(model_dir), outputs)
+        for output, path in zip(outputs, paths):
+            if output == EXPORT:
+                logging.info("Exported a SavedModel to %s", path)
+            else:
+                logging.info("Wrote the preset directory %s", path)
     log.close()
     return eval_metrics
 
@@ -622,38 +632,46 @@ def _trainer_module(task):
     return spec.name if spec is not None else module.__name__
 
 
-def export_with_tensorflow(task, checkpoint_path):
-    """Writes the task's SavedModel from a child process on the TensorFlow backend.
+PRESET, EXPORT = "preset", "export"
+
+
+def write_with_tensorflow(task, checkpoint_path, outputs):
+    """Writes `outputs` (`PRESET`: MODEL_DIR/preset, `EXPORT`: the task's SavedModel) from a
+    child process on the TensorFlow backend; returns their paths.
 
     The child parses this run's flags file, rebuilds the task's model (`prepare` reads the
     vocabulary and configs the run left in MODEL_DIR), reads the weights from the checkpoint
-    and calls `task.export`: the export is the one a TensorFlow-trained model gives. Returns
-    the SavedModel's path.
+    and calls `preset.write_preset` / `task.export`: the export is the one a TensorFlow-trained
+    model gives.
     """
     fv = task.flags
     command = [sys.executable, "-m", "trainers.core.jax_loop", _trainer_module(task),
-               os.path.join(fv.model_dir, flags_lib.FLAGS_FILE), checkpoint_path]
+               os.path.join(fv.model_dir, flags_lib.FLAGS_FILE), checkpoint_path,
+               ",".join(outputs)]
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"--export_dir: the TensorFlow export process failed "
+        what = " and ".join("--export_dir" if o == EXPORT else "MODEL_DIR/preset" for o in outputs)
+        raise RuntimeError(f"{what}: the TensorFlow process writing it failed "
                            f"(exit {result.returncode}):\n{result.stderr[-4000:]}")
-    return result.stdout.strip().splitlines()[-1]
+    return result.stdout.strip().splitlines()[-len(outputs):]
 
 
 def _export_main(argv):
-    """`python -m trainers.core.jax_loop TRAINER_MODULE FLAGS_FILE CHECKPOINT` (TF backend)."""
+    """`python -m trainers.core.jax_loop TRAINER_MODULE FLAGS_FILE CHECKPOINT OUTPUTS` (TF
+    backend; OUTPUTS: comma-separated `preset`, `export`)."""
     import importlib
 
     from absl import flags
 
+    from trainers.core import preset
     from trainers.core.task import Task
 
-    module_name, flags_file, checkpoint_path = argv[1:]
+    module_name, flags_file, checkpoint_path, outputs = argv[1:]
     module = importlib.import_module(module_name)
     module.define_flags()
     fv = flags.FLAGS
-    fv([argv[0], f"--flagfile={flags_file}", "--strategy=default"])
+    fv([argv[0], f"--flagfile={flags_file}", "--strategy=default", "--nomulti_host"])
     task_class, = [value for value in vars(module).values()
                    if isinstance(value, type) and issubclass(value, Task) and value is not Task
                    and value.__module__ == module.__name__]
@@ -664,7 +682,11 @@ def _export_main(argv):
     model = task.build_model()
     reader = tf.train.Checkpoint(model=checkpoints.model_tree(model))
     reader.restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
-    print(task.export(model, fv.export_dir))
+    for output in outputs.split(","):
+        if output == PRESET:
+            print(preset.write_preset(model, task.preprocessor(), fv.model_dir))
+        else:
+            print(task.export(model, fv.export_dir))
 
 
 if __name__ == "__main__":

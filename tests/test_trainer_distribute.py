@@ -11,9 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import types
 
 import keras
@@ -22,13 +19,14 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from trainer_processes import TrainerProcess
+from trainer_processes import free_ports as _free_ports
 from trainer_processes import losses
 from trainer_processes import model_values
 from trainers import train_image_classifier
 from trainers.core import loop
 from trainers.core import run_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_IMAGE = [
     "--model_overrides=num_layers=1,patch_size=2,hidden_dim=32,ffn_dim=64",
     "--global_batch_size=16", "--warmup_steps=2", "--decay=constant", "--learning_rate=2e-3",
@@ -158,47 +156,20 @@ COMPARED_STEPS = 10
 RUN_STEPS = 30
 
 
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
-
-
-class _Process:
-    """A trainer process whose output goes to a file (pipes could fill and block it)."""
-
-    def __init__(self, args, log_path, **env):
-        self.log_path = log_path
-        with open(log_path, "w") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "trainers.train_image_classifier", *TINY_IMAGE, *args],
-                cwd=REPO, env=_env(**env), stdout=log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout=900):  # generous: start-up alone took minutes on a loaded machine
-        self.popen.wait(timeout=timeout)
-        with open(self.log_path) as f:
-            return self.popen.returncode, f.read()
+def _Process(args, log_path, **env):
+    """An image-trainer process whose output goes to `log_path`."""
+    return TrainerProcess("trainers.train_image_classifier", [*TINY_IMAGE, *args], log_path,
+                          **env)
 
 
 def _run_ok(*processes):
     outputs = []
     for process in processes:
-        returncode, output = process.wait()
+        # Generous: start-up alone took minutes on a loaded machine.
+        returncode, output = process.wait(timeout=900)
         assert returncode == 0, output[-4000:]
         outputs.append(output)
     return outputs
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _workers(model_dir, args, tag):
@@ -270,7 +241,7 @@ def test_sigkill_of_a_worker_then_restart_of_both_resumes_exactly(two_workers, t
     state_file = os.path.join(model_dir, "checkpoint")
     while not os.path.exists(state_file):  # poll: the chief's first checkpoint is being written
         assert chief.popen.poll() is None and worker.popen.poll() is None, (
-            chief.wait()[1][-3000:] + worker.wait()[1][-3000:])
+            chief.wait(900)[1][-3000:] + worker.wait(900)[1][-3000:])
     worker.popen.send_signal(signal.SIGKILL)
     chief.popen.send_signal(signal.SIGKILL)  # it would wait for the dead worker's collectives
     assert worker.wait(60)[0] == chief.wait(60)[0] == -signal.SIGKILL

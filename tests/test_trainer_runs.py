@@ -10,12 +10,12 @@ TensorFlow initialises), so runs are shared through module-scoped fixtures and k
 import json
 import os
 import signal
-import socket
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer_processes import free_ports as _free_ports
 from trainer_processes import losses as _losses
 from trainer_processes import model_values as _model_values
 from trainer_processes import run as _run
@@ -102,16 +102,6 @@ def test_mirrored_two_logical_cpus_matches_one_replica(baseline, tmp_path):
     expected, got = _losses(baseline), _losses(model_dir)
     for step in range(1, COMPARED_STEPS + 1):
         np.testing.assert_allclose(got[step], expected[step], rtol=1e-4, err_msg=f"step {step}")
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_multi_worker_mirrored_two_processes_match_one_replica(baseline, tmp_path):

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -32,6 +33,17 @@ class TrainerProcess:
         self.popen.wait(timeout=timeout)
         with open(self.log_path) as f:
             return self.popen.returncode, f.read()
+
+
+def free_ports(count):
+    """`count` ports free on localhost now (for TF_CONFIG clusters of local workers)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 _LOG_NUMBERS = itertools.count()

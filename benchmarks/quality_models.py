@@ -2,8 +2,10 @@
 
 - `vit_classifier`: keras-hub's `ViTBackbone` (class token) with a linear head, its MLP width
   chosen so that its parameters match a given count.
-- `bert_masked_lm`: keras-hub's `BertBackbone` + `MaskedLMHead` (tied embeddings), width matched
-  the same way, taking the inputs of `GMLPMaskedLM` ({token_ids, padding_mask, mask_positions}).
+- `bert_backbone`, `bert_masked_lm`, `bert_text_classifier`: keras-hub's `BertBackbone`, its
+  MLP width matched so that its masked LM (`MaskedLMHead`, tied embeddings) has gMLP's
+  parameters, taking `GMLPMaskedLM`'s inputs; the classifier has `GMLPTextClassifier`'s head.
+- `mixer_image_classifier`: an MLP-Mixer image classifier of a given parameter count.
 - `ablation_masked_lm`: the paper's Table 3 variants of the gating in a gMLP block, with
   Z = GELU(U LayerNorm(x)) and f(Z) = W LayerNorm(Z) + b over tokens (W near zero, b = 1, as the
   SGU): "multiplicative" Z * f(Z) (no split), "additive" Z + f(Z), "linear" f(Z), and "mixer",
@@ -23,17 +25,26 @@ def used_params(model):
     return int(sum(w.numpy().size for w in model.weights if "pooled_dense" not in w.path))
 
 
-def _matched_width(build, target, low=8):
+_WIDTHS = {}
+
+
+def _matched_width(build, target, low=8, key=None):
     """The width w >= `low` whose `used_params(build(w))` is closest to `target`.
+
+    With a `key` (the build's arguments), the answer is remembered: seeds rebuild the same model.
 
     The count is linear in an MLP's width (both its matrices and a bias grow with it), so two
     builds give the line and a third, at the rounded solution, checks it.
     """
+    if key is not None and (key, target) in _WIDTHS:
+        return _WIDTHS[(key, target)]
     a, b = used_params(build(low)), used_params(build(2 * low))
     per_unit = (b - a) / low
     width = max(low, int(round(low + (target - a) / per_unit)))
     if used_params(build(width)) != a + per_unit * (width - low):
         raise AssertionError("parameter count is not linear in the width")
+    if key is not None:
+        _WIDTHS[(key, target)] = width
     return width
 
 
@@ -50,7 +61,8 @@ def vit_classifier(image_shape, patch_size, num_layers, num_heads, hidden_dim, n
         logits = keras.layers.Dense(num_classes)(features[:, 0])  # the class token
         return keras.Model(images, logits, name="vit")
 
-    return build(_matched_width(build, target_params))
+    key = ("vit", image_shape, patch_size, num_layers, num_heads, hidden_dim, num_classes)
+    return build(_matched_width(build, target_params, key=key))
 
 
 def _mlm_inputs(sequence_length=None):
@@ -67,23 +79,66 @@ def _mlm_head(vocabulary_size, embedding):
         layer_norm_epsilon=1e-6, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
 
 
-def bert_masked_lm(vocabulary_size, sequence_length, num_layers, num_heads, hidden_dim,
-                   target_params):
-    """keras-hub BERT masked LM (no dropout) with about `target_params` parameters."""
+def bert_backbone(vocabulary_size, sequence_length, num_layers, num_heads, hidden_dim, target_params):
+    """keras-hub `BertBackbone` (no dropout) whose masked LM (`bert_masked_lm`) has about
+    `target_params` parameters: its MLP width is matched."""
 
-    def build(intermediate_dim):
-        backbone = keras_hub.models.BertBackbone(
+    def backbone(intermediate_dim):
+        return keras_hub.models.BertBackbone(
             vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
             hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=0.0,
             max_sequence_length=sequence_length, num_segments=1)
-        inputs = _mlm_inputs()
-        outputs = backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"],
-                            "segment_ids": ops.zeros_like(inputs["token_ids"])})
-        head = _mlm_head(vocabulary_size, backbone.token_embedding)
-        logits = head(outputs["sequence_output"], mask_positions=inputs["mask_positions"])
-        return keras.Model(inputs, logits, name="bert")
 
-    return build(_matched_width(build, target_params))
+    key = ("bert", vocabulary_size, sequence_length, num_layers, num_heads, hidden_dim)
+    return backbone(_matched_width(lambda width: bert_masked_lm(backbone(width)), target_params, key=key))
+
+
+def _bert_sequence(backbone, inputs):
+    return backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"],
+                     "segment_ids": ops.zeros_like(inputs["token_ids"])})["sequence_output"]
+
+
+def bert_masked_lm(backbone):
+    """`backbone` (a `BertBackbone`) with keras-hub's `MaskedLMHead` tied to its embedding, taking
+    the inputs of `GMLPMaskedLM` ({token_ids, padding_mask, mask_positions}; segment ids 0)."""
+    inputs = _mlm_inputs()
+    head = _mlm_head(backbone.vocabulary_size, backbone.token_embedding)
+    logits = head(_bert_sequence(backbone, inputs), mask_positions=inputs["mask_positions"])
+    return keras.Model(inputs, logits, name="bert_masked_lm")
+
+
+def bert_text_classifier(backbone, num_classes, dropout=0.1):
+    """`backbone` (a `BertBackbone`) with `GMLPTextClassifier`'s head: mean over real tokens,
+    dropout, Dense. The same head for both families keeps the comparison about the encoders
+    (pretraining here packs text without [CLS], so BERT's pooled [CLS] output is untrained)."""
+    from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
+
+    inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in ("token_ids", "padding_mask")}
+    pooled = MaskedMeanPooling(name="pooler")(_bert_sequence(backbone, inputs), padding_mask=inputs["padding_mask"])
+    logits = keras.layers.Dense(num_classes, name="head")(keras.layers.Dropout(dropout)(pooled))
+    return keras.Model(inputs, logits, name="bert_text_classifier")
+
+
+def mixer_image_classifier(image_shape, patch_size, num_layers, hidden_dim, num_classes, target_params):
+    """An MLP-Mixer (`MixerBlock`s over patch tokens, token MLP half the patch count wide), with
+    GMLPImageClassifier's stem and head (rescale to [-1, 1], patch embedding, LayerNorm, mean,
+    Dense), its channel-MLP width chosen for about `target_params` parameters."""
+    from keras_gmlp.layers.patch_embedding import PatchEmbedding
+
+    tokens = (image_shape[0] // patch_size) * (image_shape[1] // patch_size)
+
+    def build(ffn_dim):
+        images = keras.Input(image_shape)
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(images)
+        x = PatchEmbedding(patch_size, hidden_dim)(x)
+        for i in range(num_layers):
+            x = MixerBlock(hidden_dim, ffn_dim, tokens, max(tokens // 2, 1), name=f"block_{i}")(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+        logits = keras.layers.Dense(num_classes)(ops.mean(x, axis=1))
+        return keras.Model(images, logits, name="mixer")
+
+    key = ("mixer", image_shape, patch_size, num_layers, hidden_dim, num_classes)
+    return build(_matched_width(build, target_params, key=key))
 
 
 class GatingBlock(keras.layers.Layer):

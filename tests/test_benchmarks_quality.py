@@ -1,7 +1,9 @@
 """`python -m benchmarks.quality --quick` runs end to end on small generated files in the real
-sets' formats (IDX files, TOPIC/*.txt articles), so CI needs neither package."""
+sets' formats (IDX files, TOPIC/*.txt articles), so CI needs neither package; and the report's
+statistics and ranking rule against hand-computed values."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,37 +11,96 @@ import sys
 import numpy as np
 from test_data_real import _write_split
 
+from benchmarks import quality_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_quick_quality_benchmark_runs_and_matches_parameter_counts(tmp_path):
+def _write_bbc(root, rng):
+    """Articles whose words follow a fixed cycle from a random start: context predicts them."""
+    words = [f"w{i}" for i in range(40)]
+    for topic in ("business", "sport", "tech"):
+        (root / topic).mkdir(parents=True)
+        for i in range(8):
+            start = int(rng.integers(len(words)))
+            text = " ".join(words[(start + j) % len(words)] for j in range(80))
+            (root / topic / f"{i}.txt").write_text(f"{topic} {text}")
+
+
+def test_quick_quality_benchmark_rows_schema_and_parameter_matching(tmp_path):
     rng = np.random.default_rng(0)
     fashion = tmp_path / "fashion"
     fashion.mkdir()
     for prefix, count in (("train", 64), ("t10k", 32)):
         _write_split(fashion, prefix, rng.integers(0, 256, (count, 28, 28), np.uint8), np.arange(count) % 10)
-    words = [f"w{i}" for i in range(60)]
-    for topic in ("business", "sport", "tech"):
-        (tmp_path / "bbc" / topic).mkdir(parents=True)
-        for i in range(8):
-            text = " ".join(rng.choice(words, 80))
-            (tmp_path / "bbc" / topic / f"{i}.txt").write_text(f"{topic} {text}")
+    _write_bbc(tmp_path / "bbc", rng)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.quality", "--quick", f"--fashion_mnist_dir={fashion}",
+        [sys.executable, "-m", "benchmarks.quality", "--quick", "--seeds=0,1", f"--fashion_mnist_dir={fashion}",
          f"--bbc_dir={tmp_path / 'bbc'}", f"--output_dir={out}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "quality.json").read_text())
+    rows = {(r["section"], r["model"], r["seed"]): r for r in report["rows"]}
+    text_models = ("gmlp", "gmlp_large", "bert")
+    expected = {("mlm", "unigram", None)} | {
+        (section, model, seed) for seed in (0, 1) for section, models in (
+            ("mlm", text_models),
+            ("finetune", [f"{m}_{init}" for m in text_models for init in ("pretrained", "scratch")]),
+            ("image", ("gmlp", "vit", "mixer")),
+            ("ablation", ("split", "multiplicative", "additive", "linear", "mixer")))
+        for model in models}
+    assert set(rows) == expected
+    for (section, model, seed), row in rows.items():
+        metric = "ppl" if section in ("mlm", "ablation") else "top1"
+        assert {"section", "model", "seed", metric, "params", "train_s"} <= set(row), row
+        assert np.isfinite(row[metric]) and row["params"] > 0 and row["train_s"] >= 0, row
+        if model != "unigram":
+            # The last point of the learning curve is the reported metric.
+            assert row["curve"][-1] == [row["steps"], row[metric]], row
+    # The Transformers and the Mixer are sized to gMLP's parameter count (whole-number widths).
+    for section, ours, peer in (("image", "gmlp", "vit"), ("image", "gmlp", "mixer"), ("mlm", "gmlp", "bert")):
+        a, b = rows[(section, ours, 0)]["params"], rows[(section, peer, 0)]["params"]
+        assert abs(a - b) / a < 0.05, (section, peer, a, b)
+    # The larger gMLP is larger; fine-tuning keeps the backbone and adds a 5-way... here 3-way head.
+    assert rows[("mlm", "gmlp_large", 0)]["params"] > 1.5 * rows[("mlm", "gmlp", 0)]["params"]
+    # The unigram baseline is the training frequencies' perplexity: at most the vocabulary size.
+    assert 1 < rows[("mlm", "unigram", None)]["ppl"] <= rows[("mlm", "unigram", None)]["params"]
+    assert set(report["sections"]) == {"mlm", "finetune", "image", "ablation"}
+    assert all(s["wall_s"] > 0 for s in report["sections"].values())
+    md = (out / "quality.md").read_text()
+    assert "| gmlp_large_pretrained |" in md and "| mixer |" in md and (out / "quality.png").stat().st_size > 0
+
+    # A run of one section replaces that section's rows and keeps the others.
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.quality", "--quick", "--seeds=5", "--sections=image",
+         f"--fashion_mnist_dir={fashion}", f"--output_dir={out}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    rows = {(r["section"], r["model"]): r for r in json.loads((out / "quality.json").read_text())["rows"]}
-    assert set(rows) == {("image", m) for m in ("gmlp", "amlp", "vit")} | {
-        ("text", m) for m in ("gmlp", "amlp", "bert", "multiplicative", "additive", "linear", "mixer")}
-    for (section, model), row in rows.items():
-        metric = row["top1"] if section == "image" else row["perplexity"]
-        assert np.isfinite(metric) and np.isfinite(row["train_loss"]), row
-    # The Transformers are sized to gMLP's parameter count (widths are whole numbers).
-    for section, peer in (("image", "vit"), ("text", "bert")):
-        ours, theirs = rows[(section, "gmlp")]["params"], rows[(section, peer)]["params"]
-        assert abs(theirs - ours) / ours < 0.05, (section, ours, theirs)
-    assert rows[("image", "gmlp")]["examples"] == 32
-    assert "| mixer |" in (out / "quality.md").read_text() and (out / "quality.png").stat().st_size > 0
+    rows = json.loads((out / "quality.json").read_text())["rows"]
+    assert {r["seed"] for r in rows if r["section"] == "image"} == {5}
+    assert {(r["model"], r["seed"]) for r in rows if r["section"] == "ablation"} == {
+        (m, s) for s in (0, 1) for m in ("split", "multiplicative", "additive", "linear", "mixer")}
+
+
+def _rows(section, model, values):
+    metric = "ppl" if section in ("mlm", "ablation") else "top1"
+    return [dict(section=section, model=model, seed=i, params=1, train_s=1.0, **{metric: v})
+            for i, v in enumerate(values)]
+
+
+def test_summary_is_mean_and_sample_std_and_ranking_uses_two_pooled_std():
+    rows = _rows("image", "gmlp", [0.90, 0.91, 0.92]) + _rows("image", "vit", [0.80, 0.82, 0.84]) + _rows(
+        "image", "mixer", [0.89, 0.90, 0.91])
+    summary = {s["model"]: s for s in quality_report.summarize(rows)["image"]}
+    assert math.isclose(summary["gmlp"]["mean"], 0.91) and math.isclose(summary["gmlp"]["std"], 0.01)
+    assert math.isclose(summary["vit"]["std"], 0.02)
+    sentences = quality_report.rankings(quality_report.summarize(rows))["image"]
+    # gmlp - vit = 0.09 > 2 * sqrt((0.01^2 + 0.02^2) / 2) = 0.0316: ranked.
+    assert sentences[0].startswith("gmlp is better than vit")
+    # gmlp - mixer = 0.01 < 2 * 0.01: not ranked.
+    assert "within noise" in sentences[1]
+    # Lower is better for perplexity.
+    rows = _rows("mlm", "gmlp", [10.0, 10.5, 11.0]) + _rows("mlm", "bert", [20.0, 20.5, 21.0])
+    assert quality_report.rankings(quality_report.summarize(rows))["mlm"][0].startswith("gmlp is better than bert")

@@ -50,8 +50,10 @@ def summarize(rows):
 def compare(a, b, lower_is_better):
     """A sentence ranking summaries `a` and `b` (dicts of `summarize`) by the 2-sigma rule."""
     difference = a["mean"] - b["mean"]
-    pooled = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2) if a["n"] > 1 and b["n"] > 1 else float("nan")
-    if not math.isfinite(pooled) or abs(difference) <= 2 * pooled:
+    if a["n"] < 2 or b["n"] < 2:
+        return f"{a['model']} vs {b['model']}: not ranked (one run of one of them, no spread measured)"
+    pooled = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+    if abs(difference) <= 2 * pooled:
         return (f"{a['model']} vs {b['model']}: within noise (difference {difference:+.4g}, "
                 f"2 pooled std {2 * pooled:.3g})")
     better = (difference < 0) == lower_is_better

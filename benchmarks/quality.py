@@ -403,6 +403,15 @@ def section_notes(size, unigram=None):
     }
 
 
+def merge_rows(old_rows, new_rows):
+    """`new_rows` replace the rows of their sections in `old_rows`; sections in report order."""
+    from benchmarks import quality_report
+
+    done = {r["section"] for r in new_rows}
+    rows = [r for r in old_rows if r["section"] not in done] + list(new_rows)
+    return sorted(rows, key=lambda r: quality_report.SECTION_ORDER.index(r["section"]))
+
+
 def _previous(path, quick):
     """Rows and section records of an earlier run of the same kind in `path`, else empty."""
     try:
@@ -448,9 +457,7 @@ def main(argv=None):
                   flush=True)
     finally:
         shutil.rmtree(run.preset_dir, ignore_errors=True)
-    done = {r["section"] for r in run.rows}
-    rows = [r for r in old_rows if r["section"] not in done] + run.rows
-    rows.sort(key=lambda r: quality_report.SECTION_ORDER.index(r["section"]))
+    rows = merge_rows(old_rows, run.rows)
     header = (f"`{command.strip()}`; {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
               f"seeds {args.seeds}. Section wall times: " + ", ".join(
                   f"{name} {sections[name]['wall_s'] / 60:.1f} min (load {sections[name]['load_start']:.1f} -> "

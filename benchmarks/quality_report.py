@@ -119,8 +119,12 @@ def plot(rows, path):
     sections = [s for s in SECTION_ORDER if any(r["section"] == s and r.get("curve") for r in rows)]
     if not sections:
         return
-    fig, axes = plt.subplots(1, len(sections), figsize=(5.2 * len(sections), 4.2), squeeze=False)
-    for ax, section in zip(axes[0], sections):
+    columns = 2 if len(sections) > 2 else len(sections)
+    rows_ = (len(sections) + columns - 1) // columns
+    fig, axes = plt.subplots(rows_, columns, figsize=(6.2 * columns, 4.4 * rows_), squeeze=False)
+    for ax in axes.flat[len(sections):]:
+        ax.set_visible(False)
+    for ax, section in zip(axes.flat, sections):
         models = []
         for r in rows:
             if r["section"] == section and r["model"] not in models:

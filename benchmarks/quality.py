@@ -248,7 +248,8 @@ def mlm_section(run):
             model, backbone = build()
             seconds, curve, train_loss = _fit_mlm(run, model, seed, size["mlm_steps"], size["mlm_points"])
             run.add("mlm", name, seed, "ppl", curve[-1][1], used_params(model), seconds, curve,
-                    steps=size["mlm_steps"], train_loss=round(train_loss, 4), ratio_to_unigram=round(curve[-1][1] / unigram, 4))
+                    steps=size["mlm_steps"], train_loss=round(train_loss, 4),
+                    ratio_to_unigram=round(curve[-1][1] / unigram, 4))
             backbone.save_to_preset(os.path.join(run.preset_dir, f"{name}_seed{seed}"))
             _release()
     run.criterion = criterion(run.rows)
@@ -388,7 +389,8 @@ def section_notes(size, unigram=None):
             f"15% of tokens masked (held out: all shown as [MASK])")
     return {
         "mlm": (f"{text}; gMLP {s['text_layers']} blocks of {s['text_hidden']} (d_ffn {s['text_ffn']}), gmlp_large "
-                f"{s['large_layers']} of {s['large_hidden']} (d_ffn {s['large_ffn']}), BERT {s['text_layers']} layers of "
+                f"{s['large_layers']} of {s['large_hidden']} (d_ffn {s['large_ffn']}), "
+                f"BERT {s['text_layers']} layers of "
                 f"{s['text_hidden']}, {s['bert_heads']} heads; {s['mlm_steps']} steps of {s['mlm_batch']}, peak lr "
                 f"{s['mlm_lr']}."),
         "finetune": (f"5 topics, first {s['sequence_length']} tokens of each article, {s['finetune_steps']} steps of "
@@ -461,7 +463,8 @@ def main(argv=None):
     header = (f"`{command.strip()}`; {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
               f"seeds {args.seeds}. Section wall times: " + ", ".join(
                   f"{name} {sections[name]['wall_s'] / 60:.1f} min (load {sections[name]['load_start']:.1f} -> "
-                  f"{sections[name]['load_end']:.1f}, {sections[name]['date']})" for name in SECTIONS if name in sections))
+                  f"{sections[name]['load_end']:.1f}, {sections[name]['date']})"
+                  for name in SECTIONS if name in sections))
     notes = section_notes(run.size)
     if sections.get("mlm", {}).get("criterion"):
         notes["mlm"] += " Criterion " + sections["mlm"]["criterion"] + "."

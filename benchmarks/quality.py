@@ -37,8 +37,9 @@ rows in an existing quality.json of the output directory and keeps the others.
 
 Budget: BUDGET_NOTE below has the profile and the arithmetic behind the default SIZES (about
 2.4 hours on 2 idle cores, estimated from CPU seconds per step on a loaded machine, over the
-90-minute target; the recorded run's per-section wall times will be the measurement). `--set KEY=VALUE,...` overrides
-SIZES entries (for profiling, e.g. `--sections mlm --seeds 0 --set mlm_steps=4000`).
+90-minute target; the recorded run's per-section wall times will be the measurement).
+`--set KEY=VALUE,...` overrides SIZES entries (for profiling, e.g.
+`--sections mlm --seeds 0 --set mlm_steps=4000`).
 Set --fashion_mnist_dir / --bbc_dir to read other copies of the data (the tests use small
 generated files in the same formats).
 """

@@ -40,7 +40,8 @@ def _assert_quantized_close(model, inputs):
     float_out = _numpy(model(inputs))
     model.quantize("int8")
     quantized = _quantized_paths(model, "int8")
-    assert any("channel_projection" in path for path in quantized), quantized
+    assert any("channel_projection_u" in path for path in quantized), quantized
+    assert any("channel_projection_v" in path for path in quantized), quantized
     assert any("tiny_attention/qkv" in path for path in quantized), quantized
     int8_out = _numpy(model(inputs))
     error = _relative_error(int8_out, float_out)

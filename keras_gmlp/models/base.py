@@ -13,10 +13,13 @@ import os
 
 import keras
 import keras_hub
+from keras_hub.src.utils.preset_utils import builtin_presets
+from keras_hub.src.utils.python_utils import classproperty
 
 from keras_gmlp import validation
 from keras_gmlp.layers.quantization import dtype_config
 from keras_gmlp.models import arguments
+from keras_gmlp.models.presets import preset_entries
 from keras_gmlp.version import __version__
 
 
@@ -28,6 +31,13 @@ class BackboneBase(keras_hub.models.Backbone):
     """
 
     named_presets = {}
+
+    @classproperty
+    def presets(cls):
+        """keras-hub's `Backbone.presets`: {name: {"metadata": {"description", "params",
+        "path"}, "config"}} for the named configurations (`cls.named_presets`; no weights),
+        plus any preset registered with keras-hub for the class."""
+        return {**preset_entries(cls.named_presets), **builtin_presets(cls)}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -134,6 +144,11 @@ class TaskMixin:
     `get_config` writes there a `keras.dtype_policies.DTypePolicyMap` from each quantized task
     layer's path to its policy, which those layers look up when they are built.
     """
+
+    @classproperty
+    def presets(cls):
+        """The backbone class' `presets` (keras-hub's `Task.presets`: a task has its backbone's)."""
+        return {**cls.backbone_cls.presets, **builtin_presets(cls)}
 
     def _head_policy(self, head_dtype, default):
         """The dtype policy to build the task's own layers with (call before building them).

@@ -19,12 +19,15 @@ from keras_hub.src.utils.python_utils import classproperty
 from keras_gmlp import validation
 from keras_gmlp.layers.quantization import dtype_config
 from keras_gmlp.models import arguments
+from keras_gmlp.models.lora import LoraMixin
 from keras_gmlp.models.presets import preset_entries
 from keras_gmlp.version import __version__
 
 
-class BackboneBase(keras_hub.models.Backbone):
+class BackboneBase(LoraMixin, keras_hub.models.Backbone):
     """A keras-hub `Backbone` whose config is its constructor arguments plus the version.
+
+    `enable_lora(rank)` adapts the gMLP projections and the tiny attention's (`lora.py`).
 
     Subclasses set `named_presets` ({name: constructor arguments}) and implement
     `validate_arguments(**kwargs)`.

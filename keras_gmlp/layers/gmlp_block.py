@@ -3,6 +3,8 @@
 import keras
 
 from keras_gmlp.kernels import FastLayerNormalization
+from keras_gmlp.layers.legacy import OLD_NAME as LEGACY_NAME
+from keras_gmlp.layers.legacy import LegacyProjectionLoader
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
 from keras_gmlp.layers.quantization import dtype_config
@@ -100,6 +102,8 @@ class GMLPBlock(keras.layers.Layer):
             dtype=policy,
             name="channel_projection_v",
         )
+        # Files from before the split: their one first projection loads into u and v.
+        self.channel_projection_in = LegacyProjectionLoader(self, dtype=policy, name=LEGACY_NAME)
         self.spatial_gating_unit = SpatialGatingUnit(
             sequence_length,
             causal=causal,

@@ -8,8 +8,8 @@ an old model computes exactly what it did:
 
 - `.keras` files and `model.weights.h5` (presets, `load_weights`): `LegacyProjectionLoader`,
   a block's variable-less child under the old attribute name (see its docstring);
-- variable-path dicts and `get_weights()` lists: `split_values` and `split_weight_list`
-  (trainer checkpoints, benchmarks against old commits).
+- variable-path dicts, `get_weights()` lists and checkpoints read by name: `split_values`,
+  `split_weight_list` and `read_old` (trainer checkpoints, benchmarks against old commits).
 """
 
 import keras
@@ -42,6 +42,30 @@ def split_values(values):
         else:
             result[path] = value
     return result
+
+
+def old_source(name, separator="/"):
+    """Where a new variable's value sits in an old model: `(old name, half)` with `half` 0 (u)
+    or 1 (v) for a `channel_projection_u`/`_v` variable, whose old name has
+    `channel_projection_in` in its place, and `(name, None)` for every other variable.
+
+    Args:
+        name: a variable path ("block_0/channel_projection_u/kernel") or any key built from its
+            parts joined by `separator` (the trainers' checkpoint keys use "__").
+    """
+    parts = name.split(separator)
+    for half, new in enumerate(NEW_NAMES):
+        if new in parts[:-1]:
+            return separator.join(OLD_NAME if part == new else part for part in parts), half
+    return name, None
+
+
+def read_old(name, read, separator="/"):
+    """A new variable's value from an old model's values, `read(old name)` giving them: the u or
+    v half of the old `channel_projection_in` kernel or bias, or the value under the same name."""
+    source, half = old_source(name, separator)
+    value = read(source)
+    return value if half is None else split_projection(value)[half]
 
 
 def split_weight_list(paths, values):
@@ -106,6 +130,9 @@ class LegacyProjectionLoader(keras.layers.Layer):
         raise ValueError(f"`target_layer_names` names {OLD_NAME!r}, which is now two Dense layers: "
                          f"name {NEW_NAMES[0]!r} and {NEW_NAMES[1]!r}.")
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        pass  # no weights: `Model.quantize` visits every leaf layer
+
     def save_own_variables(self, store):
         pass  # nothing: new files hold u and v in their own entries
 
@@ -113,13 +140,16 @@ class LegacyProjectionLoader(keras.layers.Layer):
         keys = sorted(store.keys())
         if not keys:
             return
-        if keys != ["0", "1"]:
-            raise ValueError(
-                f"An old {OLD_NAME} entry with {len(keys)} arrays ({keys}): only float kernel and "
-                "bias are split on load. A model quantized before the split cannot be loaded; "
-                "load its float file (or preset) and call `quantize` again.")
-        kernel, bias = np.asarray(store["0"]), np.asarray(store["1"])
         u, v = self._projections()
+        if keys != ["0", "1"]:
+            # Keras reports one example error of all that failed, and reaches a layer once per
+            # attribute path: u and v carry this message too, so it is the one reported.
+            _refuse_empty_loads(u, v, reason=(
+                f"An old {OLD_NAME} entry with {len(keys)} arrays ({keys}): only a float kernel and "
+                "bias are split on load. A model quantized before the split cannot be loaded; "
+                "load its float file (or preset) and call `quantize` again."))
+            raise ValueError(u.load_own_variables.reason)
+        kernel, bias = np.asarray(store["0"]), np.asarray(store["1"])
         for dense, k, b in zip((u, v), split_projection(kernel), split_projection(bias)):
             if dense.quantization_mode is not None:
                 raise ValueError(
@@ -127,14 +157,31 @@ class LegacyProjectionLoader(keras.layers.Layer):
                     "float models: load, then quantize.")
             dense.kernel.assign(k)
             dense.bias.assign(b)
-            _skip_next_empty_load(dense)
+        _refuse_empty_loads(u, v, reason=None)
 
 
-def _skip_next_empty_load(dense):
-    def load_own_variables(store):
-        del dense.load_own_variables  # back to Dense.load_own_variables
-        if len(store.keys()):
-            raise ValueError(f"The file holds both {OLD_NAME} and {dense.name} weights for one "
-                             "block; it is neither the old layout nor the new one.")
+def _refuse_empty_loads(*layers, reason):
+    """Gives each Dense layer an instance-level `load_own_variables` for the rest of this load.
 
-    dense.load_own_variables = load_own_variables
+    With `reason` None (the old kernel gave the layer its half), the layer's own empty entry
+    that follows is accepted once, and the override removes itself. Otherwise, or if the entry
+    is not empty (a file of both layouts), every empty entry raises `reason`; a full entry goes
+    to `Dense.load_own_variables`, after which the override is gone.
+    """
+    for dense in layers:
+        def load_own_variables(store, dense=dense):
+            override = dense.load_own_variables
+            if len(store.keys()):
+                if override.reason is None:
+                    override.reason = (f"The file holds both {OLD_NAME} and {dense.name} weights "
+                                       "for one block; it is neither the old layout nor the new one.")
+                    raise ValueError(override.reason)
+                del dense.load_own_variables
+                return dense.load_own_variables(store)
+            if override.reason is None:
+                del dense.load_own_variables  # back to Dense.load_own_variables
+                return
+            raise ValueError(override.reason)
+
+        load_own_variables.reason = reason
+        dense.load_own_variables = load_own_variables

@@ -7,6 +7,7 @@ from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.models import arguments
 from keras_gmlp.models.base import BackboneBase
+from keras_gmlp.models.layout import check_divisible
 from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import VISION_PRESETS
 
@@ -71,6 +72,7 @@ class GMLPVisionBackbone(BackboneBase):
             dtype=dtype,
             **kwargs,
         )
+        check_divisible(hidden_dim=hidden_dim, ffn_dim=ffn_dim)  # under ModelParallel
         image_shape = tuple(int(size) for size in image_shape)
         height, width, _ = image_shape
         num_patches = (height // patch_size) * (width // patch_size)

@@ -230,9 +230,11 @@ def test_presets_list_the_named_configurations_in_keras_hubs_format():
     entry = GMLPVisionBackbone.presets["gmlp_s16_224"]
     assert entry["config"] == VISION_PRESETS["gmlp_s16_224"]
     assert "random weights" in entry["metadata"]["description"]
-    # timm's gmlp_s16_224 has 19,422,656 parameters, its 1000-class head (256 * 1000 + 1000)
-    # included.
-    assert entry["metadata"]["params"] + 257_000 == 19_422_656
+    # timm's gmlp_*16_224 parameter counts, their 1000-class heads (d * 1000 + 1000) included.
+    timm = {"gmlp_ti16_224": 5_867_328, "gmlp_s16_224": 19_422_656, "gmlp_b16_224": 73_075_392}
+    for name, count in timm.items():
+        d = VISION_PRESETS[name]["hidden_dim"]
+        assert GMLPVisionBackbone.presets[name]["metadata"]["params"] + d * 1000 + 1000 == count
 
 
 @pytest.mark.parametrize("cls, kwargs", [

@@ -4,7 +4,8 @@
 in a process where `import tensorflow` fails: the layers and models must not need it. For every
 case that test_backends.py wrote to CASE_DIR (a serialized config, the TensorFlow side's weights,
 fixed inputs, a fixed cotangent and, for models, the TensorFlow-saved `.keras` file and a tiny
-training batch) it builds the object from its config, assigns the weights, and writes to
+training batch) it builds the object from its config (enabling LoRA where the case says so: a
+config does not record it), assigns the weights, and writes to
 OUT_DIR/<case>.npz the forward output, the gradients of `sum(output * cotangent)` with respect
 to every trainable weight and float input (by this backend's own autodiff), the output of the
 TensorFlow-saved `.keras` file loaded here, and the losses of a few `fit` steps; models are also
@@ -206,15 +207,18 @@ def run_case(case_dir, out_dir, case):
     obj = keras.saving.deserialize_keras_object(case["config"])
     if not obj.built:
         forward(obj, flat)
+    if "lora_rank" in case.get("adaptation", {}):
+        obj.enable_lora(case["adaptation"]["lora_rank"])  # configs do not record LoRA
     assign_weights(obj, [saved[f"w{i}"] for i in range(len(case["weight_names"]))], case["weight_names"])
     result = {"output": forward(obj, flat)}
     weight_grads, input_grads = gradients(obj, flat, cotangent)
     result.update({f"grad.w{i}": g for i, g in enumerate(weight_grads)})
     result.update({f"grad.{k}": g for k, g in input_grads.items()})
     if case["kind"] == "model":
-        loaded = keras.saving.load_model(os.path.join(case_dir, f"{name}.keras"))
-        result["tf_keras_file_output"] = forward(loaded, flat)
-        obj.save(os.path.join(out_dir, f"{name}.keras"))
+        if case["keras_file"]:
+            loaded = keras.saving.load_model(os.path.join(case_dir, f"{name}.keras"))
+            result["tf_keras_file_output"] = forward(loaded, flat)
+            obj.save(os.path.join(out_dir, f"{name}.keras"))
         fit_data = load_npz(os.path.join(case_dir, f"{name}.fit.npz"))
         result["fit_losses"] = np.asarray(fit_losses(obj, flat, fit_data, case["fit_loss"]), "float64")
     np.savez(os.path.join(out_dir, f"{name}.npz"), **result)

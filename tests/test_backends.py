@@ -170,14 +170,38 @@ MODEL_CASES = {
     ),
 }
 
-CASES = [f"{name}-{dtype}" for name in (*LAYER_CASES, *MODEL_CASES) for dtype in DTYPES]
-MODELS = [f"{name}-{dtype}" for name in MODEL_CASES for dtype in DTYPES]
+# Models adapted after their weights are perturbed: LoRA on the default targets (the worker
+# enables it again after building from the config, which does not record it) and int8
+# quantization (the config's DTypePolicyMap rebuilds the int8 layers). int8 runs in float32
+# only: its dynamic input quantization rounds activations to int8 steps, so bfloat16's
+# backend-specific rounding would move whole steps.
+MODEL_CASES["amlp_backbone_lora"] = (
+    lambda dtype: _text_backbone(dtype, tiny_attention_dim=ATT),
+    lambda rng: _text_inputs(rng),
+    lambda rng, shape: {"y": rng.normal(size=shape).astype("float32")},
+    "mse",
+)
+MODEL_CASES["amlp_backbone_int8"] = MODEL_CASES["amlp_backbone_lora"]
+ADAPTATIONS = {"amlp_backbone_lora": {"lora_rank": 2}, "amlp_backbone_int8": {"quantize": "int8"}}
+CASE_DTYPES = {"amlp_backbone_int8": ("float32",)}
 
 
-def _perturb_weights(obj, rng):
+def _dtypes(name):
+    return CASE_DTYPES.get(name, DTYPES)
+
+
+CASES = [f"{name}-{dtype}" for name in (*LAYER_CASES, *MODEL_CASES) for dtype in _dtypes(name)]
+MODELS = [f"{name}-{dtype}" for name in MODEL_CASES for dtype in _dtypes(name)]
+# A LoRA model's `.keras` file holds the merged kernels and no LoRA layers: a plain model.
+KERAS_FILE_MODELS = [case for case in MODELS if "lora" not in case]
+
+
+def _perturb_weights(obj, rng, only=None):
     # Random offsets on every weight: the SGU starts as the identity gate (W ~ 0, b = 1) and
     # biases at zero, which would leave the spatial mixing and the bias gradients untested.
     for weight in obj.weights:
+        if only is not None and only not in weight.path:
+            continue
         value = keras.ops.convert_to_numpy(weight)
         weight.assign(value + 0.1 * rng.normal(size=value.shape).astype(value.dtype))
 
@@ -204,6 +228,19 @@ def _write_tensorflow_side(case_dir):
         flat = backend_worker.flatten_call(arg, kwargs)
         output = backend_worker.forward(obj, flat)  # builds layers
         _perturb_weights(obj, rng)
+        adaptation = ADAPTATIONS.get(name, {})
+        if "lora_rank" in adaptation:
+            obj.enable_lora(adaptation["lora_rank"])
+            _perturb_weights(obj, rng, only="lora_kernel")  # B starts at zero: LoRA would be idle
+        if "quantize" in adaptation:
+            obj.quantize(adaptation["quantize"])
+            # Built from its config, as the worker builds it: the quantized layers' variables
+            # come in the order a DTypePolicyMap builds them, not the order quantize() leaves.
+            rebuilt = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+            by_path = {w.path: w for w in obj.weights}
+            for weight in rebuilt.weights:
+                weight.assign(by_path[weight.path])
+            obj = rebuilt
         output = backend_worker.forward(obj, flat)
         cotangent = rng.normal(size=output.shape).astype("float32")
         weight_grads, input_grads = backend_worker.gradients(obj, flat, cotangent)
@@ -220,8 +257,10 @@ def _write_tensorflow_side(case_dir):
             "config": keras.saving.serialize_keras_object(obj),
             "weight_names": [w.name for w in obj.weights],
             "weight_paths": [w.path for w in obj.weights],
+            "adaptation": adaptation if kind == "model" else {},
         }
         if kind == "model":
+            entry["keras_file"] = case in KERAS_FILE_MODELS
             obj.save(case_dir / f"{case}.keras")
             np.savez(case_dir / f"{case}.fit.npz", **make_fit(rng, output.shape))
             entry["fit_loss"] = fit_loss
@@ -332,7 +371,7 @@ def test_gradients_match_tensorflow(harness, backend, case):
         _assert_close(harness, case, k, result[k])
 
 
-@pytest.mark.parametrize("case", MODELS)
+@pytest.mark.parametrize("case", KERAS_FILE_MODELS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tensorflow_keras_file_loads_with_identical_outputs(harness, backend, case):
     result = _worker_result(harness, backend, case)
@@ -340,7 +379,7 @@ def test_tensorflow_keras_file_loads_with_identical_outputs(harness, backend, ca
     np.testing.assert_array_equal(result["tf_keras_file_output"], result["output"])
 
 
-@pytest.mark.parametrize("case", MODELS)
+@pytest.mark.parametrize("case", KERAS_FILE_MODELS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keras_file_saved_on_backend_loads_on_tensorflow(harness, backend, case):
     _worker_result(harness, backend, case)

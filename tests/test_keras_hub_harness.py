@@ -217,3 +217,32 @@ def test_named_configurations_still_build_by_name():
     assert classifier.num_classes == 3 and classifier.backbone.vocabulary_size == 50
     image = GMLPImageClassifier.from_preset("gmlp_tiny4_32", num_classes=10, num_layers=1)
     assert image.backbone.num_layers == 1 and image.num_classes == 10
+
+
+def test_presets_list_the_named_configurations_in_keras_hubs_format():
+    from keras_gmlp.models import TEXT_PRESETS, VISION_PRESETS
+
+    assert list(GMLPBackbone.presets) == list(TEXT_PRESETS)
+    assert list(GMLPVisionBackbone.presets) == list(VISION_PRESETS)
+    # keras-hub's Task.presets are its backbone's.
+    assert list(GMLPTextClassifier.presets) == list(GMLPMaskedLM.presets) == list(TEXT_PRESETS)
+    assert list(GMLPImageClassifier.presets) == list(VISION_PRESETS)
+    entry = GMLPVisionBackbone.presets["gmlp_s16_224"]
+    assert entry["config"] == VISION_PRESETS["gmlp_s16_224"]
+    assert "random weights" in entry["metadata"]["description"]
+    # timm's gmlp_*16_224 parameter counts, their 1000-class heads (d * 1000 + 1000) included.
+    timm = {"gmlp_ti16_224": 5_867_328, "gmlp_s16_224": 19_422_656, "gmlp_b16_224": 73_075_392}
+    for name, count in timm.items():
+        d = VISION_PRESETS[name]["hidden_dim"]
+        assert GMLPVisionBackbone.presets[name]["metadata"]["params"] + d * 1000 + 1000 == count
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (GMLPBackbone, TEXT_KW),
+    (GMLPBackbone, dict(TEXT_KW, tiny_attention_dim=4)),
+    (GMLPVisionBackbone, dict(VISION_KW, image_shape=(8, 12, 1))),
+])
+def test_preset_parameter_counts_match_the_built_models(cls, kwargs):
+    from keras_gmlp.models.presets import parameter_count
+
+    assert parameter_count(kwargs) == cls(**kwargs).count_params()

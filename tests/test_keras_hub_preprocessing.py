@@ -213,3 +213,32 @@ def test_image_classifier_preset_keeps_its_converter(tmp_path, rng):
         model(image_preprocessing.preprocess_batch(files, converter.preprocessing_config)))
     np.testing.assert_allclose(model.predict(files, verbose=0), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(restored.predict(files, verbose=0), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["text_classifier", "masked_lm"])
+def test_a_tokenizer_larger_than_the_backbone_vocabulary_is_rejected(task):
+    from keras_gmlp.models import GMLPBackbone
+    from keras_gmlp.models import GMLPMaskedLM
+    from keras_gmlp.models import GMLPTextClassifier
+
+    tokenizer = GMLPTokenizer.from_corpus(LINES, vocabulary_size=40)
+    size = tokenizer.vocabulary_size()
+    preprocessor_cls = GMLPTextClassifierPreprocessor if task == "text_classifier" else GMLPMaskedLMPreprocessor
+    preprocessor = preprocessor_cls(tokenizer, sequence_length=8)
+
+    def build(vocabulary_size):
+        backbone = GMLPBackbone(vocabulary_size=vocabulary_size, num_layers=1, hidden_dim=8,
+                                ffn_dim=16, sequence_length=8)
+        if task == "text_classifier":
+            return GMLPTextClassifier(backbone, 2, preprocessor=preprocessor)
+        return GMLPMaskedLM(backbone, preprocessor=preprocessor)
+
+    # Ids up to size - 1 reach the embedding: a backbone of `size - 1` rows would read past it.
+    with pytest.raises(ValueError, match=rf"vocabulary_size\(\)`={size}: expected at most the "
+                                         rf"backbone's vocabulary_size={size - 1}"):
+        build(size - 1)
+    model = build(size)  # exactly the tokenizer's ids
+    x = model.preprocessor(LINES)
+    ids = (x[0] if isinstance(x, tuple) else x)["token_ids"]
+    assert int(np.max(ids)) < size
+    assert build(size + 10).backbone.vocabulary_size == size + 10  # spare rows are harmless

@@ -56,14 +56,14 @@ def check_even_positive_int(name, value, why):
     return int(value)
 
 
-def check_dtype(value):
-    """`dtype` is None, a policy name ("mixed_bfloat16"), a dtype name, a policy or its config."""
+def check_dtype(value, name="dtype"):
+    """`value` is None, a policy name ("mixed_bfloat16"), a dtype name, a policy or its config."""
     if value is None:
         return value
     try:
         keras.dtype_policies.get(value)
     except (ValueError, TypeError) as error:
-        validation.check(False, "dtype", value,
+        validation.check(False, name, value,
                          f'a dtype policy such as "float32" or "mixed_bfloat16" ({error})')
     return value
 

@@ -13,10 +13,15 @@ import os
 
 import keras
 import keras_hub
+from keras_hub.src.utils.preset_utils import builtin_presets
+from keras_hub.src.utils.python_utils import classproperty
 
 from keras_gmlp import kernels
 from keras_gmlp import validation
+from keras_gmlp.layers.quantization import dtype_config
 from keras_gmlp.models import arguments
+from keras_gmlp.models.lora import LoraMixin
+from keras_gmlp.models.presets import preset_entries
 from keras_gmlp.version import __version__
 
 
@@ -35,8 +40,10 @@ def export_standard_ops(model_cls, model, filepath, format, verbose, input_signa
                                               input_signature=input_signature, **kwargs)
 
 
-class BackboneBase(keras_hub.models.Backbone):
+class BackboneBase(LoraMixin, keras_hub.models.Backbone):
     """A keras-hub `Backbone` whose config is its constructor arguments plus the version.
+
+    `enable_lora(rank)` adapts the gMLP projections and the tiny attention's (`lora.py`).
 
     Subclasses set `named_presets` ({name: constructor arguments}) and implement
     `validate_arguments(**kwargs)`.
@@ -44,9 +51,44 @@ class BackboneBase(keras_hub.models.Backbone):
 
     named_presets = {}
 
+    @classproperty
+    def presets(cls):
+        """keras-hub's `Backbone.presets`: {name: {"metadata": {"description", "params",
+        "path"}, "config"}} for the named configurations (`cls.named_presets`; no weights),
+        plus any preset registered with keras-hub for the class."""
+        return {**preset_entries(cls.named_presets), **builtin_presets(cls)}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        resolve_policy_maps(self)
+
     def get_config(self):
-        # The version travels in every config, so a saved model can be traced to its code.
-        return {**super().get_config(), arguments.VERSION_KEY: __version__}
+        # keras-hub's Backbone.get_config, except for `dtype`: after `quantize`, keras-hub writes
+        # a DTypePolicyMap with `default_policy=None`, whose serialization renames the live
+        # layers' quantized policies to None and reloads a mixed_bfloat16 model in the global
+        # policy (float32 outputs). `dtype_config` keeps the backbone's own policy as the
+        # map's default and the quantized policies' source names.
+        dtype = dtype_config(self)
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": dtype,
+            # The version travels in every config, so a saved model can be traced to its code.
+            arguments.VERSION_KEY: __version__,
+        }
+        if dtype["class_name"] == "DTypePolicyMap":
+            # keras-hub's `Backbone.from_preset` replaces `dtype` by the caller's (None when
+            # not given), which would drop the quantized layers' policies: see from_config.
+            config[QUANTIZED_DTYPE_KEY] = dtype
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        quantized = config.pop(QUANTIZED_DTYPE_KEY, None)
+        if quantized is not None:
+            config["dtype"] = with_quantized_layers(config.get("dtype"), quantized)
+        return super().from_config(config)
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
         """Keras' `Model.export` (`tf_saved_model`, `onnx`, `litert`, `openvino`), traced with
@@ -72,6 +114,43 @@ class BackboneBase(keras_hub.models.Backbone):
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
 
+# A quantized backbone's config holds its DTypePolicyMap here as well as under `dtype`.
+QUANTIZED_DTYPE_KEY = "quantized_dtype"
+
+
+def with_quantized_layers(dtype, quantized):
+    """The policy to rebuild a quantized backbone with.
+
+    Args:
+        dtype: the config's `dtype` (None or a float policy when keras-hub's preset loader
+            replaced the saved one, or the saved DTypePolicyMap).
+        quantized: the saved DTypePolicyMap (serialized).
+    """
+    quantized = keras.dtype_policies.get(quantized)
+    if dtype is None:
+        return quantized  # keras-hub's rule for a quantized preset: the saved policies verbatim
+    dtype = keras.dtype_policies.get(dtype)
+    if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+        return dtype
+    # A float policy the caller asked for (`from_preset(dir, dtype=...)`) is the new default.
+    return keras.dtype_policies.DTypePolicyMap(
+        default_policy=dtype, policy_map={path: quantized[path] for path in quantized})
+
+
+def resolve_policy_maps(model):
+    """Gives each built sub-layer of `model` that holds a DTypePolicyMap its own policy.
+
+    A layer built with a DTypePolicyMap (a reloaded quantized model) looks its policy up by
+    path, but Keras 3.15's `Dense.save_own_variables` reads `dtype_policy.quantization_mode`
+    unresolved (the map's default, None) and writes no `kernel_scale`, so such a model cannot
+    be saved again. Once built, the looked-up policy is the same thing.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        policy = layer._dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+            layer._dtype_policy = policy[layer.path]
+
+
 def task_arguments(task_cls):
     """Names `task_cls.__init__` takes itself (the rest of a named preset's kwargs go to the
     backbone)."""
@@ -80,10 +159,59 @@ def task_arguments(task_cls):
 
 
 class TaskMixin:
-    """What every keras_gmlp task adds to its keras-hub task base class."""
+    """What every keras_gmlp task adds to its keras-hub task base class.
+
+    keras-hub's `Task.get_config` stores the backbone (whose config carries the policies of its
+    quantized layers) but nothing about the task's own layers, so after `quantize` a reloaded
+    task builds a float head and cannot load the quantized head's weights (keras-hub's
+    `BertTextClassifier` fails so). Here the task's layers are built with `head_dtype`, and
+    `get_config` writes there a `keras.dtype_policies.DTypePolicyMap` from each quantized task
+    layer's path to its policy, which those layers look up when they are built.
+    """
+
+    @classproperty
+    def presets(cls):
+        """The backbone class' `presets` (keras-hub's `Task.presets`: a task has its backbone's)."""
+        return {**cls.backbone_cls.presets, **builtin_presets(cls)}
+
+    def _head_policy(self, head_dtype, default):
+        """The dtype policy to build the task's own layers with (call before building them).
+
+        Args:
+            head_dtype: the constructor's `head_dtype` (None, a policy or its config, or the
+                DTypePolicyMap `get_config` writes).
+            default: the policy for None (the backbone's, or float32 for a masked-LM head).
+        """
+        arguments.check_dtype(head_dtype, name="head_dtype")
+        self._head_dtype = head_dtype
+        if head_dtype is None:
+            # A reloaded quantized backbone's policy is its own map: the head takes its default.
+            policy = float_policy(keras.dtype_policies.get(default))
+        else:
+            policy = keras.dtype_policies.get(head_dtype)
+        self._head_float_policy = float_policy(policy)
+        return policy
+
+    def _task_config(self, config):
+        """`config` (keras-hub's task config) plus the version and `head_dtype`."""
+        config = {**config, arguments.VERSION_KEY: __version__}
+        backbone_layers = {id(layer) for layer in self.backbone._flatten_layers()}
+        quantized = {
+            layer.path: layer_policy(layer)
+            for layer in self._flatten_layers(include_self=False)
+            if id(layer) not in backbone_layers and layer.quantization_mode is not None
+        }
+        head_dtype = self._head_dtype
+        if quantized:
+            head_dtype = keras.dtype_policies.DTypePolicyMap(
+                default_policy=self._head_float_policy, policy_map=quantized)
+        if head_dtype is not None:
+            config["head_dtype"] = keras.dtype_policies.serialize(
+                keras.dtype_policies.get(head_dtype))
+        return config
 
     def get_config(self):
-        return {**super().get_config(), arguments.VERSION_KEY: __version__}
+        return self._task_config(super().get_config())
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
         """Keras' `Model.export` (`tf_saved_model`, `onnx`, `litert`, `openvino`), traced with
@@ -144,6 +272,21 @@ def check_task_kwargs(task_cls, kwargs):
 def check_backbone(task_cls, backbone, backbone_cls, what):
     validation.check(isinstance(backbone, backbone_cls), "backbone", f"<{type(backbone).__name__}>",
                      f"a {backbone_cls.__name__} ({what})")
+
+
+def float_policy(policy):
+    """`policy` itself, or a DTypePolicyMap's default policy."""
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy.default_policy
+    return policy
+
+
+def layer_policy(layer):
+    """The policy `layer` computes with (a layer built with a DTypePolicyMap looks its path up)."""
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy[layer.path]
+    return policy
 
 
 def float32_logits(x, name="logits"):

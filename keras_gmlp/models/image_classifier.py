@@ -5,15 +5,14 @@ import keras_hub
 
 from keras_gmlp import validation
 from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
-from keras_gmlp.models import arguments
 from keras_gmlp.models import recipe
 from keras_gmlp.models.base import TaskMixin
 from keras_gmlp.models.base import check_backbone
 from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
+from keras_gmlp.models.base import resolve_policy_maps
 from keras_gmlp.models.image_preprocessor import GMLPImageClassifierPreprocessor
 from keras_gmlp.models.vision_backbone import GMLPVisionBackbone
-from keras_gmlp.version import __version__
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -33,6 +32,9 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
         num_classes: int, number of classes.
         preprocessor: optional `GMLPImageClassifierPreprocessor` (arrays or file bytes).
         dropout: float, dropout before the classification layer (timm's 0.0).
+        head_dtype: optional dtype policy of the layers after the backbone (default: the
+            backbone's; keras-hub's `ImageClassifier` argument). After `quantize`, `get_config`
+            stores a `DTypePolicyMap` here, so a reloaded classifier rebuilds its quantized head.
         compile: compile with the recipe's defaults (see `compile`).
 
     Example:
@@ -45,13 +47,14 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
     backbone_cls = GMLPVisionBackbone
     preprocessor_cls = GMLPImageClassifierPreprocessor
 
-    def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.0, **kwargs):
+    def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.0, head_dtype=None,
+                 **kwargs):
         kwargs.pop("keras_gmlp_version", None)
         check_backbone(type(self), backbone, GMLPVisionBackbone, "images in, patch tokens out")
         validation.check_positive_int("num_classes", num_classes)
         validation.check_rate("dropout", dropout)
         check_task_kwargs(type(self), kwargs)
-        policy = backbone.dtype_policy
+        policy = self._head_policy(head_dtype, backbone.dtype_policy)
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.pooler = MaskedMeanPooling(dtype=policy, name="pooler")
@@ -61,14 +64,14 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
         logits = self.head(self.head_dropout(self.pooler(backbone(images))))
         # keras-hub's ImageClassifier.__init__ would build a 2-D pooling head; skip to Task's.
         keras_hub.models.Task.__init__(self, inputs=images, outputs=float32_logits(logits), **kwargs)
+        resolve_policy_maps(self)
         self.num_classes = num_classes
         self.dropout = dropout
 
     def get_config(self):
         # keras_hub.models.Task.get_config; ImageClassifier's adds pooling/activation we lack.
-        config = keras_hub.models.Task.get_config(self)
-        return {**config, arguments.VERSION_KEY: __version__,
-                "num_classes": self.num_classes, "dropout": self.dropout}
+        config = self._task_config(keras_hub.models.Task.get_config(self))
+        return {**config, "num_classes": self.num_classes, "dropout": self.dropout}
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """`keras.Model.compile` with keras_gmlp's recipe: AdamW(1e-3, weight decay 0.05, none

@@ -8,6 +8,7 @@ from keras_gmlp.models.base import TaskMixin
 from keras_gmlp.models.base import check_backbone
 from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
+from keras_gmlp.models.base import resolve_policy_maps
 from keras_gmlp.models.text_backbone import GMLPBackbone
 from keras_gmlp.models.text_preprocessors import check_fits_backbone
 from keras_gmlp.models.text_preprocessors import GMLPMaskedLMPreprocessor
@@ -32,13 +33,16 @@ class GMLPMaskedLM(TaskMixin, keras_hub.models.MaskedLM):
     Args:
         backbone: a `GMLPBackbone`.
         preprocessor: optional `GMLPMaskedLMPreprocessor`.
+        head_dtype: optional dtype policy of the masked-LM head (default float32, see the
+            code). After `quantize`, `get_config` stores a `DTypePolicyMap` here, so a reloaded
+            model rebuilds its quantized head.
         compile: compile with the recipe's defaults (see `compile`).
     """
 
     backbone_cls = GMLPBackbone
     preprocessor_cls = GMLPMaskedLMPreprocessor
 
-    def __init__(self, backbone, preprocessor=None, **kwargs):
+    def __init__(self, backbone, preprocessor=None, head_dtype=None, **kwargs):
         kwargs.pop("keras_gmlp_version", None)
         check_backbone(type(self), backbone, GMLPBackbone, "token ids in, one vector per token out")
         check_task_kwargs(type(self), kwargs)
@@ -56,7 +60,7 @@ class GMLPMaskedLM(TaskMixin, keras_hub.models.MaskedLM):
             # compute dtype, which fails under mixed_bfloat16. In float32 the head's small dense
             # and LayerNorm run in float32 while the vocabulary projection (the tied embedding,
             # the large matmul) keeps the backbone's compute dtype.
-            dtype="float32",
+            dtype=self._head_policy(head_dtype, "float32"),
             name="mlm_head",
         )
         inputs = {
@@ -66,6 +70,7 @@ class GMLPMaskedLM(TaskMixin, keras_hub.models.MaskedLM):
         sequence = backbone(backbone.input)
         logits = self.mlm_head(sequence, mask_positions=inputs["mask_positions"])
         super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
+        resolve_policy_maps(self)
 
     def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):
         """`keras.Model.compile` with keras_gmlp's recipe (`keras_gmlp.models.recipe`).

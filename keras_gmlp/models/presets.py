@@ -60,3 +60,53 @@ def get_preset(name, presets):
     if name not in presets:
         raise ValueError(f"Unknown preset {name!r}. Available presets: {sorted(presets)}.")
     return dict(presets[name])
+
+
+def parameter_count(config):
+    """Parameters of a backbone built from `config` (a named configuration's arguments), without
+    building it: token embedding or patch stem, the gMLP blocks (aMLP's tiny attention with
+    `tiny_attention_dim`), the final LayerNorm."""
+    d, ffn, half = config["hidden_dim"], config["ffn_dim"], config["ffn_dim"] // 2
+    if "image_shape" in config:
+        height, width, channels = config["image_shape"]
+        patch = config["patch_size"]
+        n = (height // patch) * (width // patch)
+        stem = patch * patch * channels * d + d
+    else:
+        n = config["sequence_length"]
+        stem = config["vocabulary_size"] * d
+    block = (2 * d                      # LayerNorm
+             + d * ffn + ffn            # the u and v projections
+             + 2 * half + n * n + n     # the SGU's LayerNorm, spatial kernel and bias
+             + half * d + d)            # the output projection
+    attention = config.get("tiny_attention_dim")
+    if attention:
+        block += d * 3 * attention + 3 * attention + attention * half + half
+    return stem + config["num_layers"] * block + 2 * d
+
+
+def describe(name, config):
+    """A one-line description of named configuration `name` (keras-hub's preset metadata)."""
+    if "image_shape" in config:
+        height, width, _ = config["image_shape"]
+        kind = (f"gMLP image encoder, {height}x{width} images in {config['patch_size']}x"
+                f"{config['patch_size']} patches")
+    else:
+        kind = (f"{'aMLP' if config.get('tiny_attention_dim') else 'gMLP'} text encoder, "
+                f"{config['sequence_length']} tokens, vocabulary {config['vocabulary_size']}")
+    return (f"{kind}, {config['num_layers']} blocks, d_model {config['hidden_dim']}, "
+            f"d_ffn {config['ffn_dim']}. A configuration only: from_preset('{name}') builds it "
+            "with random weights.")
+
+
+def preset_entries(presets):
+    """`presets` in keras-hub's `Backbone.presets` format ({name: {"metadata": ...}}), plus
+    each configuration's constructor arguments under "config"."""
+    return {
+        name: {
+            "metadata": {"description": describe(name, config), "params": parameter_count(config),
+                         "path": "gmlp"},
+            "config": dict(config),
+        }
+        for name, config in presets.items()
+    }

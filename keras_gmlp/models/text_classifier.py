@@ -10,6 +10,7 @@ from keras_gmlp.models.base import TaskMixin
 from keras_gmlp.models.base import check_backbone
 from keras_gmlp.models.base import check_task_kwargs
 from keras_gmlp.models.base import float32_logits
+from keras_gmlp.models.base import resolve_policy_maps
 from keras_gmlp.models.text_backbone import GMLPBackbone
 from keras_gmlp.models.text_preprocessors import check_fits_backbone
 from keras_gmlp.models.text_preprocessors import GMLPTextClassifierPreprocessor
@@ -28,6 +29,9 @@ class GMLPTextClassifier(TaskMixin, keras_hub.models.TextClassifier):
         num_classes: int, number of classes.
         preprocessor: optional `GMLPTextClassifierPreprocessor`.
         dropout: float, dropout before the classification layer (BERT's 0.1).
+        head_dtype: optional dtype policy of the layers after the backbone (default: the
+            backbone's). After `quantize`, `get_config` stores a `DTypePolicyMap` here, so a
+            reloaded classifier rebuilds its quantized head.
         compile: compile with the recipe's defaults (see `compile`).
 
     Example:
@@ -40,14 +44,15 @@ class GMLPTextClassifier(TaskMixin, keras_hub.models.TextClassifier):
     backbone_cls = GMLPBackbone
     preprocessor_cls = GMLPTextClassifierPreprocessor
 
-    def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.1, **kwargs):
+    def __init__(self, backbone, num_classes, preprocessor=None, dropout=0.1, head_dtype=None,
+                 **kwargs):
         kwargs.pop("keras_gmlp_version", None)
         check_backbone(type(self), backbone, GMLPBackbone, "token ids in, one vector per token out")
         validation.check_positive_int("num_classes", num_classes)
         validation.check_rate("dropout", dropout)
         check_task_kwargs(type(self), kwargs)
         check_fits_backbone(preprocessor, backbone)
-        policy = backbone.dtype_policy
+        policy = self._head_policy(head_dtype, backbone.dtype_policy)
         # keras-hub's Task.__setattr__ lets these be set before keras.Model.__init__ on torch.
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -58,6 +63,7 @@ class GMLPTextClassifier(TaskMixin, keras_hub.models.TextClassifier):
         pooled = self.pooler(backbone(inputs), padding_mask=inputs["padding_mask"])
         logits = self.head(self.head_dropout(pooled))
         super().__init__(inputs=inputs, outputs=float32_logits(logits), **kwargs)
+        resolve_policy_maps(self)
         self.num_classes = num_classes
         self.dropout = dropout
 

@@ -43,11 +43,22 @@ class _FromBackbonePreset:
 
 
 def check_fits_backbone(preprocessor, backbone):
-    """Raises unless the preprocessor's sequences fit the backbone (tasks call it)."""
-    if preprocessor is not None and hasattr(preprocessor, "sequence_length"):
+    """Raises unless the preprocessor's sequences and token ids fit the backbone (tasks call
+    it): an id at or past the backbone's vocabulary has no embedding row; TensorFlow on CPU
+    raises only once such an id turns up, and JAX silently gives NaN logits and loss."""
+    if preprocessor is None:
+        return
+    if hasattr(preprocessor, "sequence_length"):
         validation.check(preprocessor.sequence_length <= backbone.sequence_length,
                          "preprocessor.sequence_length", preprocessor.sequence_length,
                          f"at most the backbone's sequence_length={backbone.sequence_length}")
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is not None and tokenizer.vocabulary is not None:
+        size = tokenizer.vocabulary_size()
+        validation.check(size <= backbone.vocabulary_size,
+                         "preprocessor.tokenizer.vocabulary_size()", size,
+                         f"at most the backbone's vocabulary_size={backbone.vocabulary_size} "
+                         "(larger ids have no embedding)")
 
 
 def _check_text_input(x):

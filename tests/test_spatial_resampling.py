@@ -188,3 +188,19 @@ def test_an_image_shape_the_patch_size_does_not_divide_raises_naming_it(preset_1
         keras_hub.models.ImageClassifier.from_preset(path, image_shape=(30, 32, 3))
     with pytest.raises(ValueError, match=message):
         GMLPVisionBackbone.from_preset(path, image_shape=(30, 32, 3))
+
+
+def test_the_presets_preprocessor_follows_the_new_resolution(tmp_path, rng):
+    from keras_gmlp.models import GMLPImageClassifierPreprocessor
+    from keras_gmlp.models import GMLPImageConverter
+
+    preprocessor = GMLPImageClassifierPreprocessor(
+        image_converter=GMLPImageConverter(image_size=(16, 16)))
+    model = GMLPImageClassifier(GMLPVisionBackbone(image_shape=(16, 16, 3), **VISION_KW), 5,
+                                preprocessor=preprocessor)
+    model.save_to_preset(str(tmp_path))
+    loaded = keras_hub.models.ImageClassifier.from_preset(str(tmp_path), image_shape=(32, 32, 3))
+    assert loaded.preprocessor.image_size == (32, 32)  # was the preset's (16, 16): predict failed
+    images = rng.uniform(0, 255, size=(2, 40, 40, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               loaded(loaded.preprocessor(images)), rtol=1e-5, atol=1e-6)

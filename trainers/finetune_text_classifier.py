@@ -27,6 +27,7 @@ from absl import flags
 from absl import logging
 
 from keras_gmlp import data
+from keras_gmlp.layers import legacy
 from keras_gmlp.models import GMLPBackbone
 from keras_gmlp.models import GMLPTextClassifier
 from keras_gmlp.models import GMLPTextClassifierPreprocessor
@@ -105,7 +106,15 @@ class TextClassificationTask(Task):
             path = tf.train.latest_checkpoint(path)
         # Every backbone variable must be found in the masked LM's checkpoint; its head and
         # optimizer state are ignored.
-        count = checkpoints.restore_backbone(model.backbone, path)
+        reader = tf.train.load_checkpoint(path)
+        if any(legacy.OLD_NAME in name for name in reader.get_variable_to_shape_map()):
+            # Written before GMLPBlock split its first projection: u and v are its halves.
+            for key, variable in zip(checkpoints.checkpoint_keys(model.backbone.weights), model.backbone.weights):
+                variable.assign(legacy.read_old(key, lambda k: reader.get_tensor(
+                    f"model/{k}/.ATTRIBUTES/VARIABLE_VALUE"), separator="__"))
+            count = len(model.backbone.weights)
+        else:
+            count = checkpoints.restore_backbone(model.backbone, path)
         logging.info("Initialised the backbone (%d variables) from %s.", count, path)
 
     def _dataset(self, source, split, batch_size, training, input_context=None):

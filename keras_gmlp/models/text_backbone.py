@@ -7,6 +7,7 @@ from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.models import arguments
 from keras_gmlp.models.base import BackboneBase
+from keras_gmlp.models.layout import check_divisible
 from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import TEXT_PRESETS
 
@@ -78,6 +79,7 @@ class GMLPBackbone(BackboneBase):
             dtype=dtype,
             **kwargs,
         )
+        check_divisible(hidden_dim=hidden_dim, ffn_dim=ffn_dim)  # under ModelParallel
         # Layers are locals until keras.Model.__init__ has run: the PyTorch backend cannot
         # track a module assigned to an uninitialised torch.nn.Module.
         token_embedding = keras_hub.layers.ReversibleEmbedding(

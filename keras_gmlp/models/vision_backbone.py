@@ -11,6 +11,7 @@ from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
 from keras_gmlp.models import arguments
 from keras_gmlp.models.base import BackboneBase
+from keras_gmlp.models.layout import check_divisible
 from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import VISION_PRESETS
 from keras_gmlp.models.spatial_resampling import resample_spatial_weights
@@ -83,6 +84,7 @@ class GMLPVisionBackbone(BackboneBase):
             dtype=dtype,
             **kwargs,
         )
+        check_divisible(hidden_dim=hidden_dim, ffn_dim=ffn_dim)  # under ModelParallel
         image_shape = tuple(int(size) for size in image_shape)
         height, width, _ = image_shape
         num_patches = (height // patch_size) * (width // patch_size)

@@ -226,3 +226,23 @@ def test_int8_quantized_block_runs_its_kernels_and_matches_the_plain_path(rng):
         np.testing.assert_allclose(block(x), quantized, rtol=1e-5, atol=1e-5)
     assert not np.array_equal(quantized, float_out)  # int8 weights, not the float kernel
     np.testing.assert_allclose(quantized, float_out, atol=0.1 * np.abs(float_out).max())
+
+
+def test_model_export_traces_standard_ops_only(rng, tmp_path):
+    # `model.export` with default settings: no XLA-compiled custom-gradient functions (which
+    # onnxruntime and LiteRT cannot run) and no `Erfc` (tf2onnx has none; TensorFlow's own GELU
+    # uses it). Helper-free: the one switch is taken inside the models' `export`.
+    from keras_gmlp.models import GMLPImageClassifier
+    from keras_gmlp.models import GMLPVisionBackbone
+
+    model = GMLPImageClassifier(GMLPVisionBackbone(
+        image_shape=(8, 8, 3), patch_size=4, num_layers=1, hidden_dim=8, ffn_dim=16), 3)
+    x = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    model.export(str(tmp_path / "model"), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "model"))
+    library = loaded.signatures["serving_default"].graph.as_graph_def().library
+    ops = {node.op for function in library.function for node in function.node_def}
+    assert not [f.signature.name for f in library.function if "_XlaMustCompile" in f.attr]
+    assert "Erf" in ops and "Erfc" not in ops and "IdentityN" not in ops, sorted(ops)
+    np.testing.assert_allclose(loaded.serve(x), model(x), rtol=1e-5, atol=1e-5)
+    assert kernels.active()  # the switch is back on after export

@@ -68,7 +68,8 @@ def main(out_dir):
         for fmt, suffix in FORMATS.items():
             path = os.path.join(out_dir, f"{task}{suffix}")
             report[f"{task}/{fmt}"] = run_case(model, fmt, path, batches)
-            print(task, fmt, report[f"{task}/{fmt}"]["status"], flush=True)
+            case = report[f"{task}/{fmt}"]
+            print(task, fmt, case["status"], case.get("differences", case.get("type", "")), flush=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
 

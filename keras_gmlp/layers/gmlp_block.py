@@ -1,6 +1,7 @@
 """The gMLP block: pre-norm channel MLP around a Spatial Gating Unit."""
 
 import keras
+from keras import ops
 
 from keras_gmlp.kernels import FastLayerNormalization
 from keras_gmlp.layers.legacy import OLD_NAME as LEGACY_NAME
@@ -144,7 +145,7 @@ class GMLPBlock(keras.layers.Layer):
         self.spatial_gating_unit.build([half_shape, half_shape])
         if self.tiny_attention is not None:
             self.tiny_attention.build(input_shape)
-        self.channel_projection_out.build(input_shape[:-1] + (self.ffn_dim // 2,))
+        self.channel_projection_out.build(half_shape)
 
     def call(self, inputs, padding_mask=None, training=None, mask=None):
         padding_mask = resolve_padding_mask(padding_mask, mask)
@@ -153,12 +154,18 @@ class GMLPBlock(keras.layers.Layer):
         attention = None
         if self.tiny_attention is not None:
             attention = self.tiny_attention(x, padding_mask=padding_mask)
+        # The Dense layers see (batch * n, channels): on TensorFlow's CPU path a 2-D MatMul and
+        # its BiasAdd run as one oneDNN call (grappler's remapper), while Keras' tensordot for a
+        # 3-D input puts a Reshape between them and the bias costs a pass over memory of its own.
+        tokens = ops.shape(inputs)[1]
+        flat = ops.reshape(x, (-1, self.hidden_dim))
         # Pre-activations: the SGU applies the GELU to both halves (in its fused kernels on the
         # TensorFlow CPU path), so the ffn_dim-wide activation is never stored.
-        u = self.channel_projection_u(x)
-        v = self.channel_projection_v(x)
+        u = ops.reshape(self.channel_projection_u(flat), (-1, tokens, self.ffn_dim // 2))
+        v = ops.reshape(self.channel_projection_v(flat), (-1, tokens, self.ffn_dim // 2))
         x = self.spatial_gating_unit([u, v], padding_mask=padding_mask, attention=attention)
-        x = self.channel_projection_out(x)
+        x = self.channel_projection_out(ops.reshape(x, (-1, self.ffn_dim // 2)))
+        x = ops.reshape(x, (-1, tokens, self.hidden_dim))
         x = self.output_dropout(x, training=training)
         return inputs + self.drop_path(x, training=training)
 

@@ -55,6 +55,7 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
         validation.check_rate("dropout", dropout)
         check_task_kwargs(type(self), kwargs)
         policy = self._head_policy(head_dtype, backbone.dtype_policy)
+        _fit_preprocessor_to_backbone(preprocessor, backbone)
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.pooler = MaskedMeanPooling(dtype=policy, name="pooler")
@@ -83,3 +84,17 @@ class GMLPImageClassifier(TaskMixin, keras_hub.models.ImageClassifier):
         if metrics == "auto":
             metrics = recipe.accuracy_metrics()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+
+def _fit_preprocessor_to_backbone(preprocessor, backbone):
+    """Sizes the image converter for the backbone's `image_shape`.
+
+    A preset loaded at another resolution (`from_preset(dir, image_shape=...)`) brings its
+    preprocessor at the saved size, which the backbone's fixed input cannot take; keras-hub's
+    loader does not forward `image_shape` to it. A converter with no size yet is left as is.
+    """
+    converter = getattr(preprocessor, "image_converter", None)
+    size = tuple(backbone.image_shape[:2])
+    if converter is not None and converter.image_size is not None \
+            and tuple(converter.image_size) != size:
+        preprocessor.image_size = size

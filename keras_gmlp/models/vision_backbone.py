@@ -1,15 +1,20 @@
 """gMLP image encoder: conv patch stem, gMLP blocks, final LayerNorm."""
 
+import json
+import os
+
 import keras
 
 from keras_gmlp import validation
 from keras_gmlp.layers.gmlp_block import GMLPBlock
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
+from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
 from keras_gmlp.models import arguments
 from keras_gmlp.models.base import BackboneBase
 from keras_gmlp.models.layout import check_divisible
 from keras_gmlp.models.layout import get_layout_map
 from keras_gmlp.models.presets import VISION_PRESETS
+from keras_gmlp.models.spatial_resampling import resample_spatial_weights
 
 
 @keras.saving.register_keras_serializable(package="keras_gmlp")
@@ -39,6 +44,13 @@ class GMLPVisionBackbone(BackboneBase):
     Input: `(batch, height, width, channels)` images.
     Output: `(batch, num_patches, hidden_dim)`. The backbone has no `token_embedding` (None,
     keras-hub's convention for image backbones).
+
+    Another resolution: `from_preset(preset, image_shape=...)` (here, on a keras_gmlp task or
+    through `keras_hub.models.ImageClassifier.from_preset`) builds the backbone at the new
+    shape and `load_weights` resamples each Spatial Gating Unit's `W` and `b` from the preset's
+    patch grid to the new one (bicubic on the grid, `W` rescaled by the ratio of patch counts;
+    `keras_gmlp.models.spatial_resampling`), as ViT position embeddings are interpolated for
+    fine-tuning at a higher resolution. Every other weight is independent of the grid.
     """
 
     named_presets = VISION_PRESETS
@@ -125,6 +137,51 @@ class GMLPVisionBackbone(BackboneBase):
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
 
+    @property
+    def patch_grid(self):
+        """`(height, width)` of the patch grid, in patches."""
+        return patch_grid(self.image_shape, self.patch_size)
+
+    def load_weights(self, filepath, skip_mismatch=False, source_image_shape=None, **kwargs):
+        """`keras.Model.load_weights`, also from weights saved at another image resolution.
+
+        When the weights were saved on another patch grid, they are loaded into a backbone
+        built at that shape and copied here, each Spatial Gating Unit's `W` and `b` resampled
+        to this grid by `spatial_resampling.resample_spatial_weights` (bicubic on the grid,
+        `W` scaled by old / new patch count). The same grid loads as Keras does, exactly.
+
+        Args:
+            filepath: a `.weights.h5` (or sharded `.weights.json`) file.
+            skip_mismatch: as in `keras.Model.load_weights`.
+            source_image_shape: `(height, width, channels)` the weights were saved at. Default:
+                the `image_shape` of the `config.json` beside `filepath` when that is a
+                `GMLPVisionBackbone` preset's (how keras-hub's preset loader calls this),
+                else this backbone's own.
+            **kwargs: as in `keras.Model.load_weights`.
+        """
+        if source_image_shape is None:
+            source_image_shape = _preset_image_shape(filepath)
+        if source_image_shape is None or tuple(source_image_shape) == self.image_shape:
+            return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        config = {**self.get_config(), "image_shape": tuple(source_image_shape)}
+        source = type(self).from_config(config)
+        source.load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        self._copy_resampled_weights(source)
+
+    def _copy_resampled_weights(self, source):
+        resampled = {}
+        for mine, theirs in zip(self._flatten_layers(), source._flatten_layers()):
+            if isinstance(mine, SpatialGatingUnit):
+                kernel, bias = resample_spatial_weights(
+                    keras.ops.convert_to_numpy(theirs.spatial_kernel),
+                    keras.ops.convert_to_numpy(theirs.spatial_bias),
+                    source.patch_grid, self.patch_grid)
+                resampled[id(mine.spatial_kernel)] = kernel
+                resampled[id(mine.spatial_bias)] = bias
+        # Same class and config but the grid, so the variables pair up in order.
+        for mine, theirs in zip(self.variables, source.variables, strict=True):
+            mine.assign(resampled.get(id(mine), theirs))
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -171,6 +228,28 @@ class GMLPVisionBackbone(BackboneBase):
             validation.check(height % patch_size == 0 and width % patch_size == 0, "image_shape",
                              tuple(kwargs["image_shape"]),
                              f"height and width multiples of `patch_size`={patch_size}")
+
+
+def patch_grid(image_shape, patch_size):
+    """`(height // patch_size, width // patch_size)`."""
+    return image_shape[0] // patch_size, image_shape[1] // patch_size
+
+
+def _preset_image_shape(filepath):
+    """The `image_shape` of the GMLPVisionBackbone `config.json` beside `filepath`, or None.
+
+    keras-hub's preset loader builds the backbone with the caller's `image_shape` and then
+    calls `load_weights(preset/model.weights.h5)`; the preset's own shape is in its config.
+    """
+    path = os.path.join(os.path.dirname(os.fspath(filepath)), "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict) or config.get("class_name") != "GMLPVisionBackbone":
+        return None
+    shape = config.get("config", {}).get("image_shape")
+    return None if shape is None else tuple(int(size) for size in shape)
 
 
 def _check_image_shape(name, value):

@@ -102,3 +102,39 @@ def patch_embed(images, kernel, bias, patch):
     patches = images.reshape(b, h // patch, patch, w // patch, patch, c)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), -1)
     return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+def toeplitz_rpe_coefficient(kernels, biases, decay, heads, causal=False):
+    """The Toeplitz projection's `t(k)` as a function: offset -> (heads,) coefficients.
+
+    `t_h(k) = decay^|k| * MLP(log(1 + |k|))[h]` for k >= 0 and `[heads + h]` for k < 0 (zero when
+    causal); the MLP has ReLU between its dense layers.
+    """
+
+    def t(k):
+        h = np.array([math.log1p(abs(k))])
+        for i, (w, b) in enumerate(zip(kernels, biases)):
+            h = h @ w + b
+            if i < len(kernels) - 1:
+                h = np.maximum(h, 0.0)
+        if k < 0 and causal:
+            return np.zeros(heads)
+        return (h[heads:] if k < 0 else h[:heads]) * decay ** abs(k)
+
+    return t
+
+
+def toeplitz_projection(v, t, b, heads, mask=None):
+    """y[m] = sum_j W_h[m, j] v[j] + b, with the dense W_h[m, j] = t(m - j)[h] built entry by entry.
+
+    v: (batch, n, channels), channel group h (of `heads` equal groups) mixed by W_h; b: (channels,).
+    """
+    batch, n, channels = v.shape
+    if mask is not None:
+        v = v * mask[:, :, None]
+    w = np.zeros((heads, n, n))
+    for m in range(n):
+        for j in range(n):
+            w[:, m, j] = t(m - j)
+    grouped = v.reshape(batch, n, heads, channels // heads)
+    return np.einsum("hmj,bjhc->bmhc", w, grouped).reshape(batch, n, channels) + b

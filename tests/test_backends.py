@@ -42,6 +42,7 @@ from keras_gmlp.layers import MaskedMeanPooling
 from keras_gmlp.layers import PatchEmbedding
 from keras_gmlp.layers import SpatialGatingUnit
 from keras_gmlp.layers import TinyAttention
+from keras_gmlp.layers import ToeplitzProjection
 from keras_gmlp.models import GMLPBackbone
 from keras_gmlp.models import GMLPImageClassifier
 from keras_gmlp.models import GMLPMaskedLM
@@ -98,6 +99,14 @@ LAYER_CASES = {
     "sgu_causal_short": (
         lambda dtype: SpatialGatingUnit(N, causal=True, dtype=dtype),
         lambda rng: (rng.normal(size=(B, N - 2, FFN)).astype("float32"), {}),
+    ),
+    "toeplitz_dense_padded": (
+        lambda dtype: ToeplitzProjection(num_heads=2, method="dense", dtype=dtype),
+        lambda rng: (rng.normal(size=(B, N, FFN)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
+    ),
+    "toeplitz_fft_causal_padded": (
+        lambda dtype: ToeplitzProjection(num_heads=2, causal=True, method="fft", dtype=dtype),
+        lambda rng: (rng.normal(size=(B, N, FFN)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
     ),
     "tiny_attention_padded": (
         lambda dtype: TinyAttention(FFN // 2, attention_dim=ATT, dtype=dtype),

@@ -210,3 +210,14 @@ def test_bad_arguments_raise(kwargs, message):
 def test_channels_not_divisible_by_heads_raise():
     with pytest.raises(ValueError, match="channels divisible by num_heads=4"):
         ToeplitzProjection(num_heads=4)(np.zeros((1, 3, 6), "float32"))
+
+
+def test_token_axis_unknown_until_run_takes_the_dense_path(rng):
+    layer, t, b = make_projection(rng, heads=2)
+    any_length = tf.function(layer, input_signature=[tf.TensorSpec((None, None, C), "float32")])
+    for n in (5, 13):
+        v = rng.normal(size=(2, n, C)).astype("float32")
+        np.testing.assert_allclose(numpy(any_length(v)), ref.toeplitz_projection(v, t, b, 2),
+                                   rtol=1e-4, atol=1e-5)
+    inputs = keras.Input((None, C))
+    assert keras.Model(inputs, layer(inputs)).output_shape == (None, None, C)

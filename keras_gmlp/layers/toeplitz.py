@@ -14,7 +14,8 @@ Two ways to compute the same product, chosen by length (`method="auto"`):
   real FFTs (`keras.ops.rfft` / `irfft`, in float32) and keep the first `n` outputs: an exact
   linear (not circular) convolution, O(n log n).
 `FFT_CROSSOVER` is the length from which `"auto"` takes the FFT (benchmarks/long_context.py
-measured it).
+measured it). A token axis unknown until run time (a graph traced for any length) takes the
+dense path, whose shapes can follow the input.
 """
 
 import math
@@ -66,7 +67,7 @@ def toeplitz_dense(coefficients, v):
     compute dtype too).
     """
     heads = coefficients.shape[0]
-    length = v.shape[1]
+    length = v.shape[1] if v.shape[1] is not None else ops.shape(v)[1]
     matrix = ops.cast(toeplitz_matrix(coefficients, length), v.dtype)
     if heads == 1:
         return ops.matmul(matrix[0], v)
@@ -188,6 +189,9 @@ class ToeplitzProjection(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.supports_masking = True
 
+    # The network's input features of the offsets (benchmarks/long_context.py swaps in others).
+    offset_features = staticmethod(offset_features)
+
     def build(self, input_shape):
         channels = tuple(input_shape)[-1]
         check(channels is not None and channels % self.num_heads == 0, f"{self.name} input shape",
@@ -212,7 +216,7 @@ class ToeplitzProjection(keras.layers.Layer):
     def coefficients(self, length):
         """`(num_heads, 2 * length - 1)` float32 coefficients `t_h(k)` at `offsets(length)`."""
         k = offsets(length)
-        h = offset_features(k)
+        h = self.offset_features(k)
         for i in range(len(self._rpe_shapes())):
             kernel, bias = getattr(self, f"rpe_kernel_{i}"), getattr(self, f"rpe_bias_{i}")
             h = ops.matmul(h, ops.cast(kernel, "float32")) + ops.cast(bias, "float32")
@@ -226,7 +230,13 @@ class ToeplitzProjection(keras.layers.Layer):
         return ops.transpose(t)
 
     def resolved_method(self, length):
-        """The method `call` uses for an n-token input: "dense" or "fft"."""
+        """The method `call` uses for an n-token input: "dense" or "fft".
+
+        A token axis unknown when the graph is built (`length=None`, e.g. a SavedModel
+        signature of any length) takes the dense path, whose size can follow the input.
+        """
+        if length is None:
+            return "dense"
         if self.method != "auto":
             return self.method
         return "fft" if length >= FFT_CROSSOVER else "dense"
@@ -234,13 +244,14 @@ class ToeplitzProjection(keras.layers.Layer):
     def call(self, inputs, padding_mask=None, mask=None):
         padding_mask = padding_mask if padding_mask is not None else mask
         length = inputs.shape[1]
-        check(length is not None, f"{self.name} input shape", tuple(inputs.shape),
-              "a static token axis (the FFT size and the Toeplitz matrix are built from it)")
+        method = self.resolved_method(length)
+        if length is None:
+            length = ops.shape(inputs)[1]
         v = inputs
         if padding_mask is not None:  # padded tokens contribute nothing to any position
             v = v * ops.expand_dims(ops.cast(padding_mask, v.dtype), -1)
         coefficients = self.coefficients(length)
-        if self.resolved_method(length) == "fft":
+        if method == "fft":
             mixed = toeplitz_fft(coefficients, v)
         else:
             mixed = toeplitz_dense(coefficients, v)

@@ -160,6 +160,7 @@ def compare(baseline_models, cases, policies, rounds, steps, log=print):
     from benchmarks.timing import block_until_ready
     from benchmarks.timing import load_average
     from keras_gmlp import models as current_models
+    from keras_gmlp.layers import legacy
 
     rows = []
     for name, case in cases.items():
@@ -169,7 +170,9 @@ def compare(baseline_models, cases, policies, rounds, steps, log=print):
             keras.utils.set_random_seed(0)
             built = {"baseline": _build(baseline_models, case, policy)}
             built["current"] = _build(current_models, case, policy)
-            built["current"].set_weights(built["baseline"].get_weights())
+            # A baseline from before the u/v split has one first projection per block: split it.
+            built["current"].set_weights(legacy.split_weight_list(
+                [v.path for v in built["baseline"].weights], built["baseline"].get_weights()))
             inputs, labels, weights = _batch(case)
             steps_of = {}
             outputs = {}

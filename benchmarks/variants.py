@@ -7,7 +7,7 @@ element-wise kernels fused by XLA, matmuls on TensorFlow's kernels), its plain
 path (`keras_gmlp.kernels.disabled()`: the paper's keras.ops, autodiff), and
 with XLA compiling the whole step. The others are a copy of the block built
 from keras_gmlp.kernels' public functions that changes one thing at a time: the layout
-(the previous one: one d_ffn-wide projection, a bias+GELU kernel, a split,
+(an older one: one d_ffn-wide projection, a bias+GELU kernel, a split,
 then the SGU kernels), the SGU's
 token-mixing product (broadcast matmul, einsum, transpose to one large
 matmul), the SGU's split/LayerNorm/gate as plain ops, GELU (Keras' GELU
@@ -93,11 +93,12 @@ def _block(x, w, options, compute_dtype):
     gate_gamma, gate_beta = ops.cast(w["gate_gamma"], "float32"), ops.cast(w["gate_beta"], "float32")
     spatial_bias = ops.cast(w["spatial_bias"], "float32")
     if options["sgu_elementwise"] == "halves":  # keras_gmlp's GMLPBlock
+        # Two Dense layers (matmul + bias) for u and v; the SGU kernels apply the GELU.
         u_kernel, v_kernel = ops.split(cast(w["in_kernel"]), 2, axis=-1)
-        u_bias, v_bias = ops.split(w["in_bias"], 2)
-        v = kernels.normalize_gate(ops.matmul(h, v_kernel), gate_gamma, gate_beta, 1e-5, gelu_bias=v_bias)
+        u_bias, v_bias = ops.split(cast(w["in_bias"]), 2)
+        v = kernels.normalize_gate(ops.matmul(h, v_kernel) + v_bias, gate_gamma, gate_beta, 1e-5, gelu=True)
         mixed = _spatial(cast(w["spatial_kernel"]), v, options["sgu"])
-        h = kernels.gate_product(ops.matmul(h, u_kernel), mixed, spatial_bias, gelu_bias=u_bias)
+        h = kernels.gate_product(ops.matmul(h, u_kernel) + u_bias, mixed, spatial_bias, gelu=True)
     else:
         h = ops.matmul(h, cast(w["in_kernel"]))
         if options["gelu"] == "fused":

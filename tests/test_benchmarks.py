@@ -43,14 +43,18 @@ def test_variants_functional_copy_computes_the_gmlp_block(change):
     block.build((None, n, d))
     sgu = block.spatial_gating_unit
     for variable, key in [(block.norm.gamma, "norm_gamma"), (block.norm.beta, "norm_beta"),
-                          (block.channel_projection_in.kernel, "in_kernel"),
-                          (block.channel_projection_in.bias, "in_bias"),
                           (sgu.norm.gamma, "gate_gamma"), (sgu.norm.beta, "gate_beta"),
                           (sgu.spatial_kernel, "spatial_kernel"), (sgu.spatial_bias, "spatial_bias"),
                           (block.channel_projection_out.kernel, "out_kernel"),
                           (block.channel_projection_out.bias, "out_bias")]:
         weights[key].assign(np.random.default_rng(len(key)).normal(0.5, 0.5, variable.shape))
         variable.assign(weights[key])
+    # The copy's one (d, f) first projection holds the block's u columns, then its v columns.
+    for key, axis in (("in_kernel", -1), ("in_bias", 0)):
+        weights[key].assign(np.random.default_rng(len(key)).normal(0.5, 0.5, weights[key].shape))
+        u, v = np.split(weights[key].numpy(), 2, axis=axis)
+        getattr(block.channel_projection_u, key[3:]).assign(u)
+        getattr(block.channel_projection_v, key[3:]).assign(v)
     options = dict(variants.DEFAULTS, **{"defaults": {}, "split": variants.SPLIT,
                                          "plain_sgu": variants.PLAIN_SGU}[change])
     x = tf.random.stateless_normal((2, n, d), (1, 2))

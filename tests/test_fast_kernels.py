@@ -148,20 +148,81 @@ def test_gmlp_block_kernels_match_the_plain_path(rng, policy, attention_dim, cau
     _assert_same(fast, plain, ["out", "x"] + [v.path for v in block.trainable_variables], policy)
 
 
-def test_the_block_takes_the_kernels_only_where_they_apply(rng, monkeypatch):
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("causal,activation", [(False, None), (True, "gelu")])
+def test_spatial_gating_unit_kernels_match_the_plain_path_on_a_pair(rng, policy, causal, activation):
+    # The block's form: `[u, v]` pre-activations from two Dense layers, the GELU inside the unit.
+    batch, n, channels = 3, 8, 12
+    sgu = SpatialGatingUnit(n, causal=causal, activation=activation, dtype=policy)
+    sgu.build([(None, n, channels)] * 2)
+    _spread_weights(sgu, rng)
+    u, v = (tf.constant(rng.normal(0.5, 1.5, (batch, n, channels)).astype("float32")) for _ in "uv")
+    attention = tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
+    mask = tf.constant([[1] * n, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6])
+    upstream = tf.constant(rng.normal(size=(batch, n, channels)).astype("float32"))
+    fn = lambda u, v, a: sgu([u, v], padding_mask=mask, attention=a)  # noqa: E731
+    fast, plain = _both_paths(fn, sgu, [u, v, attention], upstream)
+    _assert_same(fast, plain, ["out", "u", "v", "attention"] + [v.path for v in sgu.trainable_variables], policy)
+
+
+def _lora_block(rng, policy="float32"):
+    block = GMLPBlock(8, 16, 6, dtype=policy)
+    block.build((None, 6, 8))
+    _spread_weights(block, rng)
+    for dense in (block.channel_projection_u, block.channel_projection_v, block.channel_projection_out):
+        dense.enable_lora(2)
+        dense.lora_kernel_b.assign(rng.normal(size=dense.lora_kernel_b.shape).astype("float32"))
+    return block
+
+
+def test_the_kernels_are_chosen_inside_the_leaf_layers(rng, monkeypatch):
+    # The block has no fast path of its own: its LayerNorm and SGU take their kernels, and its
+    # Dense layers always run as Keras layers.
     calls = []
-    fast_path = kernels.gmlp_block_gating
-    monkeypatch.setattr(kernels, "gmlp_block_gating", lambda *a, **k: calls.append(1) or fast_path(*a, **k))
+    for name in ("spatial_gating", "layer_norm"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel, name=name, **k: calls.append(name) or kernel(*a, **k))
+    from keras_gmlp.kernels import normalization
+
+    norm_kernel = normalization.layer_norm
+    monkeypatch.setattr(normalization, "layer_norm", lambda *a: calls.append("layer_norm") or norm_kernel(*a))
     block = GMLPBlock(8, 16, 6)
     x = rng.normal(size=(2, 6, 8)).astype("float32")
     expected = block(x)
-    assert len(calls) == 1
+    assert sorted(calls) == ["layer_norm", "spatial_gating"]
     with kernels.disabled():
         np.testing.assert_allclose(block(x), expected, rtol=1e-5, atol=1e-6)
-    assert len(calls) == 1
-    # A LoRA-enabled (or quantized) projection computes more than its float kernel: plain path.
-    block.channel_projection_in.enable_lora(2)
-    block.channel_projection_in.lora_kernel_b.assign(rng.normal(size=(2, 16)).astype("float32"))
-    with_lora = block(x)
-    assert len(calls) == 1
-    assert not np.allclose(with_lora, expected, atol=1e-3)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_lora_acts_on_the_fast_path_and_matches_the_plain_path(rng, policy):
+    # Before the split, a LoRA-enabled projection sent the block to its plain path; now the
+    # Dense layers are called on both paths, so LoRA's low-rank update is in both, with its
+    # gradients (the LoRA weights are the trainable ones).
+    block = _lora_block(rng, policy)
+    x = tf.constant(rng.normal(size=(2, 6, 8)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(2, 6, 8)).astype("float32"))
+    fast, plain = _both_paths(lambda x: block(x), block, [x], upstream)
+    names = ["out", "x"] + [v.path for v in block.trainable_variables]
+    assert any("lora_kernel_a" in name for name in names)
+    _assert_same(fast, plain, names, policy)
+    for dense in (block.channel_projection_u, block.channel_projection_v, block.channel_projection_out):
+        dense.lora_kernel_b.assign(tf.zeros_like(dense.lora_kernel_b))
+    without = block(x).numpy()
+    assert not np.allclose(fast[0], without, atol=1e-3)
+
+
+def test_int8_quantized_block_runs_its_kernels_and_matches_the_plain_path(rng):
+    block = GMLPBlock(8, 16, 6)
+    block.build((None, 6, 8))
+    _spread_weights(block, rng)
+    x = rng.normal(size=(2, 6, 8)).astype("float32")
+    float_out = block(x).numpy()
+    for dense in (block.channel_projection_u, block.channel_projection_v, block.channel_projection_out):
+        dense.quantize("int8")  # what Model.quantize does to every Dense layer
+    quantized = block(x).numpy()
+    with kernels.disabled():
+        np.testing.assert_allclose(block(x), quantized, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(quantized, float_out)  # int8 weights, not the float kernel
+    np.testing.assert_allclose(quantized, float_out, atol=0.1 * np.abs(float_out).max())

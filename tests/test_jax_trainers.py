@@ -254,8 +254,9 @@ def checks(runs, tmp_path_factory):
 def test_model_parallel_layout_splits_projections_embeddings_and_heads(checks):
     result, _, _ = checks
     specs, shapes = result["specs"], result["shard_shapes"]
-    assert specs["block_0/channel_projection_in/kernel"] == [None, "model"]
-    assert shapes["block_0/channel_projection_in/kernel"] == [32, 64 // 4]
+    for half in ("u", "v"):
+        assert specs[f"block_0/channel_projection_{half}/kernel"] == [None, "model"]
+        assert shapes[f"block_0/channel_projection_{half}/kernel"] == [32, 64 // 2 // 4]
     assert specs["block_0/channel_projection_out/kernel"] == ["model", None]
     assert shapes["block_0/channel_projection_out/kernel"] == [32 // 4, 32]
     assert specs["token_embedding/embeddings"] == [None, "model"]

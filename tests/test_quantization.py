@@ -23,7 +23,8 @@ def _assert_quantized_close(model, inputs):
     float_out = keras.ops.convert_to_numpy(model(inputs))
     model.quantize("int8")
     quantized = [layer.path for layer in model._flatten_layers() if layer.quantization_mode == "int8"]
-    assert any("channel_projection_in" in path for path in quantized), quantized
+    assert any("channel_projection_u" in path for path in quantized), quantized
+    assert any("channel_projection_v" in path for path in quantized), quantized
     assert any("tiny_attention/qkv" in path for path in quantized), quantized
     int8_out = keras.ops.convert_to_numpy(model(inputs))
     error = _relative_error(int8_out, float_out)

@@ -156,3 +156,34 @@ def test_config_round_trip():
     assert keras.saving.get_registered_name(SpatialGatingUnit) == "keras_gmlp>SpatialGatingUnit"
     assert sgu.compute_output_shape((2, 10, 6)) == (2, 10, 3)
 
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_a_pair_of_halves_matches_numpy_equations(rng, activation):
+    # The block's form: u and v as two tensors (its two Dense layers), the GELU inside the unit.
+    sgu = SpatialGatingUnit(N, causal=True, activation=activation)
+    sgu.build([(None, N, FFN // 2)] * 2)
+    p = ref.random_block_params(rng, 8, FFN, N)
+    load_sgu(sgu, p)
+    u, v = (rng.normal(size=(3, N, FFN // 2)).astype("float32") for _ in "uv")
+    attention = rng.normal(size=(3, N, FFN // 2)).astype("float32")
+    mask = padding_mask([N, 7, 3])
+    x = np.concatenate([u, v], axis=-1)
+    x = ref.gelu(x) if activation else x
+    expected = ref.spatial_gating_unit(
+        x, p["w_spatial"], p["b_spatial"], p["gate_gamma"], p["gate_beta"], 1e-5,
+        mask=mask, causal=True, attention=attention,
+    )
+    got = keras.ops.convert_to_numpy(sgu([u, v], padding_mask=mask, attention=attention))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # One tensor of both halves is the same unit.
+    np.testing.assert_allclose(sgu(np.concatenate([u, v], -1), padding_mask=mask, attention=attention),
+                               got, rtol=1e-6, atol=1e-6)
+    assert sgu.compute_output_shape([(3, N, FFN // 2)] * 2) == (3, N, FFN // 2)
+
+
+def test_bad_pairs_and_activations_raise():
+    with pytest.raises(ValueError, match=r"a pair \[u, v\] of the same shape"):
+        SpatialGatingUnit(8)([np.zeros((1, 8, 4), "float32"), np.zeros((1, 8, 6), "float32")])
+    with pytest.raises(ValueError, match=r"`activation`='relu': expected one of \(None, 'gelu'\)"):
+        SpatialGatingUnit(8, activation="relu")

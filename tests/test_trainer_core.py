@@ -172,7 +172,7 @@ def test_weight_decay_skips_layer_norm_and_bias_variables():
     biases = {v.path for v in variables if v.name.endswith("bias")}
     assert layer_norms and biases and layer_norms | biases == kept
     assert {"token_embedding/embeddings", "block_0/spatial_gating_unit/spatial_kernel",
-            "block_0/channel_projection_in/kernel"} <= decayed
+            "block_0/channel_projection_u/kernel", "block_0/channel_projection_v/kernel"} <= decayed
 
 
 class _FakeResolver:

@@ -18,8 +18,13 @@ def load_tiny_attention(attention, p):
 def load_block(block, p):
     block.norm.gamma.assign(p["norm_gamma"])
     block.norm.beta.assign(p["norm_beta"])
-    block.channel_projection_in.kernel.assign(p["w1"])
-    block.channel_projection_in.bias.assign(p["b1"])
+    # The reference's one (d, ffn) first projection: its first half of columns makes u, the
+    # second v (the block's channel_projection_u and channel_projection_v).
+    half = p["w1"].shape[-1] // 2
+    block.channel_projection_u.kernel.assign(p["w1"][:, :half])
+    block.channel_projection_u.bias.assign(p["b1"][:half])
+    block.channel_projection_v.kernel.assign(p["w1"][:, half:])
+    block.channel_projection_v.bias.assign(p["b1"][half:])
     load_sgu(block.spatial_gating_unit, p)
     if block.tiny_attention is not None:
         load_tiny_attention(block.tiny_attention, p)

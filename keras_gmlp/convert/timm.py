@@ -15,7 +15,9 @@ PyTorch Linear weights are (out, in) and Keras Dense kernels (in, out); the
 Conv2d weight (out, in, kh, kw) becomes a Keras (kh, kw, in, out) kernel; the
 SGU's `spatial_kernel` is stored (out, in) like `gate.proj.weight` and copies
 as is. timm flattens the stem's (B, d, H', W') output row-major to
-(B, H'W', d), which is `PatchEmbedding`'s token order.
+(B, H'W', d), which is `PatchEmbedding`'s token order. timm's SGU chunks
+`fc1`'s output into `u` then `v`, so `fc1`'s first f/2 rows (and bias
+entries) become `channel_projection_u` and the rest `channel_projection_v`.
 """
 
 import logging
@@ -264,6 +266,15 @@ def _dense_kernel(weight):
     return np.transpose(weight)
 
 
+def _first_half(layout):
+    # The u half: the first half of the last axis after `layout` (Keras kernels are (in, out)).
+    return lambda value: np.split(value if layout is None else layout(value), 2, axis=-1)[0]
+
+
+def _second_half(layout):
+    return lambda value: np.split(value if layout is None else layout(value), 2, axis=-1)[1]
+
+
 def _timm_to_keras_variables(model):
     """Yields (timm key, Keras variable, layout function or None) for every weight."""
     backbone = model.backbone
@@ -276,8 +287,11 @@ def _timm_to_keras_variables(model):
         sgu = block.spatial_gating_unit
         yield prefix + "norm.weight", block.norm.gamma, None
         yield prefix + "norm.bias", block.norm.beta, None
-        yield mlp + "fc1.weight", block.channel_projection_in.kernel, _dense_kernel
-        yield mlp + "fc1.bias", block.channel_projection_in.bias, None
+        # timm's fc1 holds u's rows then v's (its SGU chunks fc1's output in two).
+        yield mlp + "fc1.weight", block.channel_projection_u.kernel, _first_half(_dense_kernel)
+        yield mlp + "fc1.weight", block.channel_projection_v.kernel, _second_half(_dense_kernel)
+        yield mlp + "fc1.bias", block.channel_projection_u.bias, _first_half(None)
+        yield mlp + "fc1.bias", block.channel_projection_v.bias, _second_half(None)
         yield mlp + "gate.norm.weight", sgu.norm.gamma, None
         yield mlp + "gate.norm.bias", sgu.norm.beta, None
         yield mlp + "gate.proj.weight", sgu.spatial_kernel, None

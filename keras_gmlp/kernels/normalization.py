@@ -85,8 +85,7 @@ class FastLayerNormalization(keras.layers.LayerNormalization):
     Same weights (`gamma`, `beta`), arguments, config and outputs as the Keras layer. Where
     `keras_gmlp.kernels.active()` (TensorFlow on the CPU) and the configuration is one last
     axis, centred and scaled, it runs one fused kernel forward and one backward; otherwise it
-    is Keras' layer. keras_gmlp's own layers use `keras.layers.LayerNormalization` and call
-    the kernel from their fast path; this class is for models of one's own.
+    is Keras' layer. `GMLPBlock`'s pre-norm is one; it also serves models of one's own.
     """
 
     def call(self, inputs):

@@ -1,9 +1,8 @@
 """The gMLP block: pre-norm channel MLP around a Spatial Gating Unit."""
 
 import keras
-from keras import ops
 
-from keras_gmlp import kernels
+from keras_gmlp.kernels import FastLayerNormalization
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
 from keras_gmlp.layers.quantization import dtype_config
@@ -23,6 +22,16 @@ class GMLPBlock(keras.layers.Layer):
 
     where `attn` is `TinyAttention(LayerNorm(x))` for aMLP and absent for
     gMLP. GELU is the exact (erf) form, as in timm and the paper's code.
+
+    `Dense_ffn` is two Dense layers of `ffn_dim // 2` units,
+    `channel_projection_u` (the SGU's bypass half `u`, the first half of
+    timm's `fc1`) and `channel_projection_v` (the gate half `v`), as
+    keras-hub's Gemma keeps `ffw_gating` and `ffw_gating_2`: the block calls
+    each Dense layer (so LoRA and quantization act on them), the SGU takes
+    `[u, v]` as a pair and applies the GELU itself, and a model-parallel
+    layout splits both by columns without moving `u` against `v`. Files from
+    before the split (one `channel_projection_in` of `ffn_dim` columns, `u`
+    then `v`) load into the two layers (`keras_gmlp.layers.legacy`).
 
     Args:
         hidden_dim: int, the block's input and output channels (d_model).
@@ -75,19 +84,27 @@ class GMLPBlock(keras.layers.Layer):
         self.supports_masking = True
 
         policy = self.dtype_policy
-        self.norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=policy, name="norm"
-        )
-        self.channel_projection_in = keras.layers.Dense(
-            ffn_dim,
-            kernel_initializer=self.kernel_initializer,
+        # A LayerNorm that picks its fused kernel itself where it helps (timm's fast_norm).
+        self.norm = FastLayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="norm")
+        u_initializer, v_initializer = _half_width_initializers(
+            self.kernel_initializer, hidden_dim, ffn_dim)
+        self.channel_projection_u = keras.layers.Dense(
+            ffn_dim // 2,
+            kernel_initializer=u_initializer,
             dtype=policy,
-            name="channel_projection_in",
+            name="channel_projection_u",
+        )
+        self.channel_projection_v = keras.layers.Dense(
+            ffn_dim // 2,
+            kernel_initializer=v_initializer,
+            dtype=policy,
+            name="channel_projection_v",
         )
         self.spatial_gating_unit = SpatialGatingUnit(
             sequence_length,
             causal=causal,
             layer_norm_epsilon=gate_norm_epsilon,
+            activation="gelu",
             dtype=policy,
             name="spatial_gating_unit",
         )
@@ -116,10 +133,11 @@ class GMLPBlock(keras.layers.Layer):
         input_shape = tuple(input_shape)
         check(input_shape[-1] == self.hidden_dim, f"{self.name} input shape", input_shape,
               f"{self.hidden_dim} channels (hidden_dim)")
-        ffn_shape = input_shape[:-1] + (self.ffn_dim,)
+        half_shape = input_shape[:-1] + (self.ffn_dim // 2,)
         self.norm.build(input_shape)
-        self.channel_projection_in.build(input_shape)
-        self.spatial_gating_unit.build(ffn_shape)
+        self.channel_projection_u.build(input_shape)
+        self.channel_projection_v.build(input_shape)
+        self.spatial_gating_unit.build([half_shape, half_shape])
         if self.tiny_attention is not None:
             self.tiny_attention.build(input_shape)
         self.channel_projection_out.build(input_shape[:-1] + (self.ffn_dim // 2,))
@@ -127,25 +145,18 @@ class GMLPBlock(keras.layers.Layer):
     def call(self, inputs, padding_mask=None, training=None, mask=None):
         padding_mask = resolve_padding_mask(padding_mask, mask)
         check_sequence_length(self.name, inputs.shape[-2], self.sequence_length)
-        if kernels.active() and self._projection_is_plain():
-            # The same math in fused kernels (keras_gmlp.kernels.gmlp_block).
-            x = kernels.gmlp_block_gating(self, inputs, padding_mask=padding_mask)
-        else:
-            x = self.norm(inputs)
-            attention = None
-            if self.tiny_attention is not None:
-                attention = self.tiny_attention(x, padding_mask=padding_mask)
-            x = ops.gelu(self.channel_projection_in(x), approximate=False)
-            x = self.spatial_gating_unit(x, padding_mask=padding_mask, attention=attention)
+        x = self.norm(inputs)
+        attention = None
+        if self.tiny_attention is not None:
+            attention = self.tiny_attention(x, padding_mask=padding_mask)
+        # Pre-activations: the SGU applies the GELU to both halves (in its fused kernels on the
+        # TensorFlow CPU path), so the ffn_dim-wide activation is never stored.
+        u = self.channel_projection_u(x)
+        v = self.channel_projection_v(x)
+        x = self.spatial_gating_unit([u, v], padding_mask=padding_mask, attention=attention)
         x = self.channel_projection_out(x)
         x = self.output_dropout(x, training=training)
         return inputs + self.drop_path(x, training=training)
-
-    def _projection_is_plain(self):
-        # The kernels read `channel_projection_in`'s float kernel and bias themselves; a
-        # quantized or LoRA-enabled Dense computes something else, so it takes the plain path.
-        dense = self.channel_projection_in
-        return dense.quantization_mode is None and not dense.lora_enabled
 
     def compute_mask(self, inputs, mask=None):
         return mask
@@ -171,3 +182,27 @@ class GMLPBlock(keras.layers.Layer):
             }
         )
         return config
+
+
+def _half_width_initializers(initializer, hidden_dim, ffn_dim):
+    """Initializers of the `(hidden_dim, ffn_dim // 2)` `u` and `v` kernels, drawing from the
+    distribution `initializer` gave the single `(hidden_dim, ffn_dim)` projection before the
+    split.
+
+    Only fan-dependent scales change: Glorot's `fan_avg` and `fan_out` variance scaling get the
+    scale that restores the old variance; fan_in and fixed scales stay. A seeded initializer
+    gives `v` the next seed, so the two halves are not the same draw.
+    """
+    if isinstance(initializer, keras.initializers.VarianceScaling) and initializer.mode != "fan_in":
+        half = ffn_dim // 2
+        fan_out_ratio = half / ffn_dim if initializer.mode == "fan_out" else (
+            (hidden_dim + half) / (hidden_dim + ffn_dim))  # fan_avg: scale / mean(fan_in, fan_out)
+        initializer = keras.initializers.VarianceScaling(
+            scale=initializer.scale * fan_out_ratio, mode=initializer.mode,
+            distribution=initializer.distribution, seed=initializer.seed)
+    config = keras.initializers.serialize(initializer)
+    seed = config.get("config", {}).get("seed")
+    if not isinstance(seed, int):
+        return initializer, initializer
+    config["config"] = {**config["config"], "seed": seed + 1}
+    return initializer, keras.initializers.deserialize(config)

@@ -1,10 +1,13 @@
 """Model-parallel layouts of the gMLP/aMLP models for `keras.distribution.ModelParallel`.
 
 The sharding follows Megatron-style tensor parallelism on the "model" mesh axis: each
-block's first channel projection is split by output columns, the spatial gating unit works
-on its shard of the channels (its LayerNorm's scale and offset are split the same way; the
-spatial kernel mixes tokens, not channels, and is replicated), and the second projection is
-split by input rows, so one all-reduce per block joins the partial outputs. The token and
+block's two first channel projections (`channel_projection_u` and `channel_projection_v`,
+the SGU's halves) are both split by output columns, so channel `c` of `u` and of `v` sit on the
+same device; the spatial gating unit works on its shard of the channels (its LayerNorm's scale
+and offset are split the same way; the spatial kernel mixes tokens, not channels, and is
+replicated); and the second projection is split by input rows, so one all-reduce per block
+joins the partial outputs forward (the gate LayerNorm's statistics over the channel shards add
+small all-reduces of one value per token, and the backward pass its own). The token and
 patch embeddings and the heads are split on the hidden dimension. Only hidden, feed-forward
 and attention widths are split, never the vocabulary or the number of classes, so any
 vocabulary size works; the model axis size must divide `hidden_dim`, `ffn_dim / 2` and the
@@ -51,9 +54,9 @@ def get_layout_map(device_mesh, model_parallel_dim_name="model",
     layout_map["token_embedding/embeddings"] = (None, model)
     layout_map["patch_embedding/projection/kernel"] = (None, None, None, model)
     layout_map["patch_embedding/projection/bias"] = (model,)
-    # gMLP blocks: column-split in, the SGU on its channel shard, row-split out.
-    layout_map[r".*channel_projection_in/kernel"] = (None, model)
-    layout_map[r".*channel_projection_in/bias"] = (model,)
+    # gMLP blocks: u and v column-split alike, the SGU on its channel shard, row-split out.
+    layout_map[r".*channel_projection_(u|v)/kernel"] = (None, model)
+    layout_map[r".*channel_projection_(u|v)/bias"] = (model,)
     layout_map[r".*spatial_gating_unit/norm/(gamma|beta)"] = (model,)
     layout_map[r".*channel_projection_out/kernel"] = (model, None)
     # aMLP tiny attention: heads' projections column-split, output row-split.

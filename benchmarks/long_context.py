@@ -62,48 +62,7 @@ def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _toeplitz_block_class():
-    """A gMLP block whose SGU mixes tokens with ToeplitzProjection: GMLPBlock's layers and math
-    (LayerNorm, Dense_ffn, exact GELU, split, gate LayerNorm, u * (T v + b), Dense_d, residual)."""
-    import keras
-    from keras import ops
-
-    from keras_gmlp.layers import ToeplitzProjection
-
-    class ToeplitzGMLPBlock(keras.layers.Layer):
-        def __init__(self, hidden_dim, ffn_dim, causal=False, **kwargs):
-            super().__init__(**kwargs)
-            self.norm = keras.layers.LayerNormalization(epsilon=1e-6)
-            self.channel_projection_in = keras.layers.Dense(ffn_dim)
-            self.gate_norm = keras.layers.LayerNormalization(epsilon=1e-5)
-            self.projection = ToeplitzProjection(causal=causal)
-            self.channel_projection_out = keras.layers.Dense(hidden_dim)
-
-        def call(self, inputs, padding_mask=None):
-            x = ops.gelu(self.channel_projection_in(self.norm(inputs)), approximate=False)
-            u, v = ops.split(x, 2, axis=-1)
-            gate = self.projection(self.gate_norm(v), padding_mask=padding_mask)
-            return inputs + self.channel_projection_out(u * gate)
-
-    return ToeplitzGMLPBlock
-
-
-def _toeplitz_block(hidden_dim, ffn_dim, sequence_length):
-    from keras_gmlp.layers import GMLPBlock
-
-    if _has_toeplitz_mode(GMLPBlock):
-        return GMLPBlock(hidden_dim, ffn_dim, sequence_length, spatial_projection="toeplitz"), "GMLPBlock"
-    return _toeplitz_block_class()(hidden_dim, ffn_dim), "ToeplitzProjection block"
-
-
-def _has_toeplitz_mode(cls):
-    import inspect
-
-    return "spatial_projection" in inspect.signature(cls.__init__).parameters
-
-
 def _build(case):
-    import keras
     import keras_hub
 
     from keras_gmlp.layers import GMLPBlock
@@ -116,8 +75,8 @@ def _build(case):
     if case["model"] == "dense_gmlp":
         return GMLPBlock(d, f, n), (case["batch"], n, d), "GMLPBlock"
     if case["model"] == "toeplitz_gmlp":
-        block, name = _toeplitz_block(d, f, n)
-        return block, (case["batch"], n, d), name
+        return (GMLPBlock(d, f, n, spatial_projection="toeplitz"), (case["batch"], n, d),
+                "GMLPBlock(spatial_projection='toeplitz')")
     heads = max(1, d // 64)
     return (keras_hub.layers.TransformerEncoder(f, heads, dropout=0.0), (case["batch"], n, d),
             f"keras_hub TransformerEncoder ({heads} heads)")
@@ -157,23 +116,8 @@ def _time_backbone(case):
     n, batch = case["n"], case["batch"]
     kwargs = dict(vocabulary_size=1000, num_layers=2, hidden_dim=case["hidden_dim"],
                   ffn_dim=case["ffn_dim"], sequence_length=n)
-    if _has_toeplitz_mode(GMLPBackbone):
-        model = GMLPBackbone(spatial_projection="toeplitz", **kwargs)
-        name = "GMLPBackbone(spatial_projection='toeplitz')"
-    else:
-        # Before GMLPBackbone has the mode: its embedding and final norm around 2 Toeplitz blocks.
-        import keras
-        import keras_hub
-
-        block = _toeplitz_block_class()
-        ids = keras.Input((None,), dtype="int32")
-        mask = keras.Input((None,), dtype="int32")
-        x = keras_hub.layers.ReversibleEmbedding(1000, case["hidden_dim"])(ids)
-        for _ in range(2):
-            x = block(case["hidden_dim"], case["ffn_dim"])(x, padding_mask=mask)
-        x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
-        model = keras.Model({"token_ids": ids, "padding_mask": mask}, x)
-        name = "2 ToeplitzProjection blocks between GMLPBackbone's embedding and final norm"
+    model = GMLPBackbone(spatial_projection="toeplitz", **kwargs)
+    name = "GMLPBackbone(spatial_projection='toeplitz')"
     ids = tf.random.stateless_uniform((batch, n), (1, 2), 1, 1000, dtype="int32")
     inputs = {"token_ids": ids, "padding_mask": tf.ones_like(ids)}
     variables = model.trainable_variables
@@ -494,7 +438,7 @@ def markdown(result):
         lines.append("")
     if result.get("crossover"):
         lines += ["#### Dense Toeplitz matmul against FFT (ToeplitzProjection forward+backward)", "",
-                  f"{s['ffn_dim'] // 2} channels, 1 head, batch {s['batch']}. Crossover (FFT faster from here on): "
+                  f"{s['ffn_dim'] // 2} channels, 1 head, batch {max(2, s['batch'])}. Crossover (FFT faster from here on): "
                   f"**n = {result['fft_crossover']}**.", "", "| n | dense ms | FFT ms | FFT / dense |", "|---|---|---|---|"]
         by_n = {}
         for r in result["crossover"]:

@@ -34,43 +34,18 @@ SIZES = {
 }
 
 
-def toeplitz_masked_lm(vocabulary_size, num_layers, hidden_dim, ffn_dim, sequence_length):
-    """A gMLP masked LM whose blocks mix tokens with ToeplitzProjection, any input length.
+def masked_lm(spatial_projection):
+    def build(vocabulary_size, num_layers, hidden_dim, ffn_dim, sequence_length):
+        from keras_gmlp.models import GMLPBackbone
+        from keras_gmlp.models import GMLPMaskedLM
 
-    `GMLPMaskedLM(GMLPBackbone(..., spatial_projection="toeplitz"))` once the backbone has the
-    mode; before, the same embedding, blocks (benchmarks.long_context's) and head built here.
-    """
-    import keras
-    import keras_hub
-
-    from benchmarks import long_context
-    from benchmarks import quality_models
-    from keras_gmlp.models import GMLPBackbone
-    from keras_gmlp.models import GMLPMaskedLM
-
-    if long_context._has_toeplitz_mode(GMLPBackbone):
         return GMLPMaskedLM(GMLPBackbone(vocabulary_size, num_layers, hidden_dim, ffn_dim, sequence_length,
-                                         spatial_projection="toeplitz"))
-    inputs = quality_models._mlm_inputs()
-    embedding = keras_hub.layers.ReversibleEmbedding(
-        vocabulary_size, hidden_dim, embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02))
-    x = embedding(inputs["token_ids"])
-    block = long_context._toeplitz_block_class()
-    for i in range(num_layers):
-        x = block(hidden_dim, ffn_dim, name=f"block_{i}")(x, padding_mask=inputs["padding_mask"])
-    x = keras.layers.LayerNormalization(epsilon=1e-6)(x)
-    logits = quality_models._mlm_head(vocabulary_size, embedding)(x, mask_positions=inputs["mask_positions"])
-    return keras.Model(inputs, logits, name="toeplitz_gmlp")
+                                         spatial_projection=spatial_projection))
+
+    return build
 
 
-def dense_masked_lm(vocabulary_size, num_layers, hidden_dim, ffn_dim, sequence_length):
-    from keras_gmlp.models import GMLPBackbone
-    from keras_gmlp.models import GMLPMaskedLM
-
-    return GMLPMaskedLM(GMLPBackbone(vocabulary_size, num_layers, hidden_dim, ffn_dim, sequence_length))
-
-
-BUILDERS = {"dense_gmlp": dense_masked_lm, "toeplitz_gmlp": toeplitz_masked_lm}
+BUILDERS = {"dense_gmlp": masked_lm("dense"), "toeplitz_gmlp": masked_lm("toeplitz")}
 
 
 class Data:

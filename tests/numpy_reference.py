@@ -138,3 +138,20 @@ def toeplitz_projection(v, t, b, heads, mask=None):
             w[:, m, j] = t(m - j)
     grouped = v.reshape(batch, n, heads, channels // heads)
     return np.einsum("hmj,bjhc->bmhc", w, grouped).reshape(batch, n, channels) + b
+
+
+def toeplitz_spatial_gating_unit(x, t, b, gamma, beta, eps=1e-5, mask=None, attention=None, heads=1):
+    """out[m] = u[m] * (sum_j t(m - j) LN(v)[j] + b (+ attention[m])), b one value per channel."""
+    u, v = np.split(x, 2, axis=-1)
+    out = toeplitz_projection(layer_norm(v, gamma, beta, eps), t, b, heads, mask=mask)
+    if attention is not None:
+        out = out + attention
+    return u * out
+
+
+def toeplitz_gmlp_block(x, p, t, b, eps=1e-6, gate_eps=1e-5, mask=None):
+    """gmlp_block with the Toeplitz SGU: x + Dense_d(SGU_T(GELU(Dense_ffn(LN(x)))))."""
+    h = layer_norm(x, p["norm_gamma"], p["norm_beta"], eps)
+    z = gelu(dense(h, p["w1"], p["b1"]))
+    z = toeplitz_spatial_gating_unit(z, t, b, p["gate_gamma"], p["gate_beta"], gate_eps, mask=mask)
+    return x + dense(z, p["w2"], p["b2"])

@@ -124,6 +124,10 @@ LAYER_CASES = {
         lambda dtype: GMLPBlock(D, FFN, N, causal=True, dtype=dtype),
         lambda rng: (rng.normal(size=(B, N, D)).astype("float32"), {}),
     ),
+    "gmlp_block_toeplitz_longer_padded": (  # built for N // 2 tokens, called with N
+        lambda dtype: GMLPBlock(D, FFN, N // 2, spatial_projection="toeplitz", dtype=dtype),
+        lambda rng: (rng.normal(size=(B, N, D)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
+    ),
     "amlp_block_padded": (
         lambda dtype: GMLPBlock(D, FFN, N, tiny_attention_dim=ATT, dtype=dtype),
         lambda rng: (rng.normal(size=(B, N, D)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
@@ -146,6 +150,12 @@ LAYER_CASES = {
 MODEL_CASES = {
     "text_backbone_causal": (
         lambda dtype: _text_backbone(dtype, causal=True),
+        lambda rng: _text_inputs(rng),
+        lambda rng, shape: {"y": rng.normal(size=shape).astype("float32")},
+        "mse",
+    ),
+    "text_backbone_toeplitz_causal": (
+        lambda dtype: _text_backbone(dtype, causal=True, spatial_projection="toeplitz"),
         lambda rng: _text_inputs(rng),
         lambda rng, shape: {"y": rng.normal(size=shape).astype("float32")},
         "mse",

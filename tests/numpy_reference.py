@@ -102,3 +102,56 @@ def patch_embed(images, kernel, bias, patch):
     patches = images.reshape(b, h // patch, patch, w // patch, patch, c)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), -1)
     return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+def toeplitz_rpe_coefficient(kernels, biases, decay, heads, causal=False):
+    """The Toeplitz projection's `t(k)` as a function: offset -> (heads,) coefficients.
+
+    `t_h(k) = decay^|k| * MLP(log(1 + |k|))[h]` for k >= 0 and `[heads + h]` for k < 0 (zero when
+    causal); the MLP has ReLU between its dense layers.
+    """
+
+    def t(k):
+        h = np.array([math.log1p(abs(k))])
+        for i, (w, b) in enumerate(zip(kernels, biases)):
+            h = h @ w + b
+            if i < len(kernels) - 1:
+                h = np.maximum(h, 0.0)
+        if k < 0 and causal:
+            return np.zeros(heads)
+        return (h[heads:] if k < 0 else h[:heads]) * decay ** abs(k)
+
+    return t
+
+
+def toeplitz_projection(v, t, b, heads, mask=None):
+    """y[m] = sum_j W_h[m, j] v[j] + b, with the dense W_h[m, j] = t(m - j)[h] built entry by entry.
+
+    v: (batch, n, channels), channel group h (of `heads` equal groups) mixed by W_h; b: (channels,).
+    """
+    batch, n, channels = v.shape
+    if mask is not None:
+        v = v * mask[:, :, None]
+    w = np.zeros((heads, n, n))
+    for m in range(n):
+        for j in range(n):
+            w[:, m, j] = t(m - j)
+    grouped = v.reshape(batch, n, heads, channels // heads)
+    return np.einsum("hmj,bjhc->bmhc", w, grouped).reshape(batch, n, channels) + b
+
+
+def toeplitz_spatial_gating_unit(x, t, b, gamma, beta, eps=1e-5, mask=None, attention=None, heads=1):
+    """out[m] = u[m] * (sum_j t(m - j) LN(v)[j] + b (+ attention[m])), b one value per channel."""
+    u, v = np.split(x, 2, axis=-1)
+    out = toeplitz_projection(layer_norm(v, gamma, beta, eps), t, b, heads, mask=mask)
+    if attention is not None:
+        out = out + attention
+    return u * out
+
+
+def toeplitz_gmlp_block(x, p, t, b, eps=1e-6, gate_eps=1e-5, mask=None):
+    """gmlp_block with the Toeplitz SGU: x + Dense_d(SGU_T(GELU(Dense_ffn(LN(x)))))."""
+    h = layer_norm(x, p["norm_gamma"], p["norm_beta"], eps)
+    z = gelu(dense(h, p["w1"], p["b1"]))
+    z = toeplitz_spatial_gating_unit(z, t, b, p["gate_gamma"], p["gate_beta"], gate_eps, mask=mask)
+    return x + dense(z, p["w2"], p["b2"])

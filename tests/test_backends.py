@@ -42,6 +42,7 @@ from keras_gmlp.layers import MaskedMeanPooling
 from keras_gmlp.layers import PatchEmbedding
 from keras_gmlp.layers import SpatialGatingUnit
 from keras_gmlp.layers import TinyAttention
+from keras_gmlp.layers import ToeplitzProjection
 from keras_gmlp.models import GMLPBackbone
 from keras_gmlp.models import GMLPImageClassifier
 from keras_gmlp.models import GMLPMaskedLM
@@ -99,6 +100,14 @@ LAYER_CASES = {
         lambda dtype: SpatialGatingUnit(N, causal=True, dtype=dtype),
         lambda rng: (rng.normal(size=(B, N - 2, FFN)).astype("float32"), {}),
     ),
+    "toeplitz_dense_padded": (
+        lambda dtype: ToeplitzProjection(num_heads=2, method="dense", dtype=dtype),
+        lambda rng: (rng.normal(size=(B, N, FFN)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
+    ),
+    "toeplitz_fft_causal_padded": (
+        lambda dtype: ToeplitzProjection(num_heads=2, causal=True, method="fft", dtype=dtype),
+        lambda rng: (rng.normal(size=(B, N, FFN)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
+    ),
     "tiny_attention_padded": (
         lambda dtype: TinyAttention(FFN // 2, attention_dim=ATT, dtype=dtype),
         lambda rng: (rng.normal(size=(B, N, D)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
@@ -114,6 +123,10 @@ LAYER_CASES = {
     "gmlp_block_causal": (
         lambda dtype: GMLPBlock(D, FFN, N, causal=True, dtype=dtype),
         lambda rng: (rng.normal(size=(B, N, D)).astype("float32"), {}),
+    ),
+    "gmlp_block_toeplitz_longer_padded": (  # built for N // 2 tokens, called with N
+        lambda dtype: GMLPBlock(D, FFN, N // 2, spatial_projection="toeplitz", dtype=dtype),
+        lambda rng: (rng.normal(size=(B, N, D)).astype("float32"), {"padding_mask": _padding_mask(rng)}),
     ),
     "amlp_block_padded": (
         lambda dtype: GMLPBlock(D, FFN, N, tiny_attention_dim=ATT, dtype=dtype),
@@ -137,6 +150,12 @@ LAYER_CASES = {
 MODEL_CASES = {
     "text_backbone_causal": (
         lambda dtype: _text_backbone(dtype, causal=True),
+        lambda rng: _text_inputs(rng),
+        lambda rng, shape: {"y": rng.normal(size=shape).astype("float32")},
+        "mse",
+    ),
+    "text_backbone_toeplitz_causal": (
+        lambda dtype: _text_backbone(dtype, causal=True, spatial_projection="toeplitz"),
         lambda rng: _text_inputs(rng),
         lambda rng, shape: {"y": rng.normal(size=shape).astype("float32")},
         "mse",

@@ -11,6 +11,7 @@ from keras_gmlp.layers.masked_mean_pooling import MaskedMeanPooling
 from keras_gmlp.layers.patch_embedding import PatchEmbedding
 from keras_gmlp.layers.spatial_gating_unit import SpatialGatingUnit
 from keras_gmlp.layers.tiny_attention import TinyAttention
+from keras_gmlp.layers.toeplitz import ToeplitzProjection
 
 __all__ = [
     "FastLayerNormalization",
@@ -19,5 +20,6 @@ __all__ = [
     "PatchEmbedding",
     "SpatialGatingUnit",
     "TinyAttention",
+    "ToeplitzProjection",
     "fusion_disabled",
 ]

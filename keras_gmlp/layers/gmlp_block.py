@@ -40,7 +40,8 @@ class GMLPBlock(keras.layers.Layer):
         hidden_dim: int, the block's input and output channels (d_model).
         ffn_dim: int, even, width of the first projection (d_ffn); the SGU
             halves it.
-        sequence_length: int, the longest token axis (the SGU's `n`).
+        sequence_length: int, the longest token axis (the SGU's `n`); with
+            `spatial_projection="toeplitz"` inputs may be longer.
         tiny_attention_dim: optional int, the aMLP attention size (paper: 64).
         dropout: float, dropout rate on the block's output branch.
         drop_path_rate: float, probability of dropping the whole residual
@@ -49,6 +50,9 @@ class GMLPBlock(keras.layers.Layer):
         layer_norm_epsilon: float, epsilon of the block's LayerNorm (timm: 1e-6).
         gate_norm_epsilon: float, epsilon of the SGU's LayerNorm (timm: 1e-5).
         kernel_initializer: initializer of the channel projections.
+        spatial_projection: the SGU's token mixing, `"dense"` (the paper's
+            `(n, n)` W, default) or `"toeplitz"` (`W[m, j] = t(m - j)`, any
+            length, O(n log n); see `SpatialGatingUnit`).
 
     Call arguments:
         inputs: `(batch, n, hidden_dim)`.
@@ -68,6 +72,7 @@ class GMLPBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         gate_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
+        spatial_projection="dense",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,9 +115,11 @@ class GMLPBlock(keras.layers.Layer):
             causal=causal,
             layer_norm_epsilon=gate_norm_epsilon,
             activation="gelu",
+            spatial_projection=spatial_projection,
             dtype=policy,
             name="spatial_gating_unit",
         )
+        self.spatial_projection = self.spatial_gating_unit.spatial_projection  # checked there
         self.tiny_attention = None
         if tiny_attention_dim:
             self.tiny_attention = TinyAttention(
@@ -149,7 +156,8 @@ class GMLPBlock(keras.layers.Layer):
 
     def call(self, inputs, padding_mask=None, training=None, mask=None):
         padding_mask = resolve_padding_mask(padding_mask, mask)
-        check_sequence_length(self.name, inputs.shape[-2], self.sequence_length)
+        if self.spatial_projection == "dense":  # the Toeplitz mixing takes any length
+            check_sequence_length(self.name, inputs.shape[-2], self.sequence_length)
         x = self.norm(inputs)
         attention = None
         if self.tiny_attention is not None:
@@ -190,6 +198,7 @@ class GMLPBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "gate_norm_epsilon": self.gate_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "spatial_projection": self.spatial_projection,
             }
         )
         return config

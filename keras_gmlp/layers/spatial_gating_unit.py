@@ -8,11 +8,13 @@ from keras import ops
 from keras_gmlp import kernels
 from keras_gmlp.layers.masking import check_sequence_length
 from keras_gmlp.layers.masking import resolve_padding_mask
+from keras_gmlp.layers.toeplitz import ToeplitzProjection
 from keras_gmlp.validation import check
 from keras_gmlp.validation import check_positive_float
 from keras_gmlp.validation import check_positive_int
 
 ACTIVATIONS = (None, "gelu")
+SPATIAL_PROJECTIONS = ("dense", "toeplitz")
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
@@ -54,15 +56,28 @@ class SpatialGatingUnit(keras.layers.Layer):
     Inputs shorter than `sequence_length` use `W[:n, :n]` and `b[:n]`, so a
     model trained at length `sequence_length` serves any shorter length.
 
+    With `spatial_projection="toeplitz"` the token mixing is
+    `keras_gmlp.layers.ToeplitzProjection` instead: `W[m, j] = t(m - j)`
+    with `t` from a small relative-position network (defined at every
+    offset, zero at negative offsets when causal, near zero at
+    initialisation) and one bias per channel, the same at every position.
+    It has O(1) parameters in `n`, runs by FFT in O(n log n) from
+    `toeplitz.FFT_CROSSOVER` tokens, and accepts inputs of any length,
+    longer than `sequence_length` included. The fused TensorFlow-CPU
+    kernels implement the dense form only; this mode takes the plain path.
+
     Args:
         sequence_length: int, the longest token axis the unit accepts.
         causal: bool, if True position `m` only reads positions `j <= m`
             (`W` is made lower-triangular).
         layer_norm_epsilon: float, epsilon of the gate's LayerNorm (timm: 1e-5).
-        spatial_kernel_initializer: initializer of `W`. Defaults to
+        spatial_kernel_initializer: initializer of `W` ("dense") or of the
+            coefficient network's output kernel ("toeplitz"). Defaults to
             `RandomNormal(stddev=1e-6)` as in timm.
         spatial_bias_initializer: initializer of `b`. Defaults to ones.
         activation: None or `"gelu"` (exact), applied to both halves first.
+        spatial_projection: `"dense"` (the paper's `(n, n)` matrix, default)
+            or `"toeplitz"` (see above).
 
     Call arguments:
         inputs: `(batch, n, channels)` with an even number of channels, or a
@@ -91,6 +106,7 @@ class SpatialGatingUnit(keras.layers.Layer):
         spatial_kernel_initializer=None,
         spatial_bias_initializer="ones",
         activation=None,
+        spatial_projection="dense",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -105,15 +121,30 @@ class SpatialGatingUnit(keras.layers.Layer):
         check(activation in ACTIVATIONS, "activation", activation,
               f"one of {ACTIVATIONS} (the exact GELU the fused kernels implement)")
         self.activation = activation
+        check(spatial_projection in SPATIAL_PROJECTIONS, "spatial_projection", spatial_projection,
+              f"one of {SPATIAL_PROJECTIONS}")
+        self.spatial_projection = spatial_projection
         self.supports_masking = True
         self.norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
         )
+        self.toeplitz_projection = None
+        if spatial_projection == "toeplitz":
+            self.toeplitz_projection = ToeplitzProjection(
+                causal=self.causal,
+                coefficient_initializer=self.spatial_kernel_initializer,
+                bias_initializer=self.spatial_bias_initializer,
+                dtype=self.dtype_policy,
+                name="toeplitz_projection",
+            )
 
     def build(self, input_shape):
         channels, length = self._half_width_and_length(input_shape)
-        check_sequence_length(self.name, length, self.sequence_length)
         self.norm.build((None, length, channels))
+        if self.toeplitz_projection is not None:  # any length: no (n, n) weights
+            self.toeplitz_projection.build((None, length, channels))
+            return
+        check_sequence_length(self.name, length, self.sequence_length)
         # Stored as (out, in) like timm's `proj.weight`, so W[m, j] reads as in the paper.
         self.spatial_kernel = self.add_weight(
             name="spatial_kernel",
@@ -131,6 +162,8 @@ class SpatialGatingUnit(keras.layers.Layer):
             mask = mask[0]
         padding_mask = resolve_padding_mask(padding_mask, mask)
         u, v = self._halves(inputs)
+        if self.toeplitz_projection is not None:
+            return self._toeplitz_call(u, v, padding_mask, attention)
         check_sequence_length(self.name, v.shape[-2], self.sequence_length)
         if kernels.active():
             # The same math in fused kernels, on this unit's weights. The gate LayerNorm is part
@@ -150,6 +183,15 @@ class SpatialGatingUnit(keras.layers.Layer):
         if self.causal:
             kernel = ops.tril(kernel)
         gate = ops.matmul(kernel, v) + ops.expand_dims(self.spatial_bias[:n], -1)
+        if attention is not None:
+            gate = gate + attention
+        return u * gate
+
+    def _toeplitz_call(self, u, v, padding_mask, attention):
+        # The plain path on every backend: the fused kernels implement the dense W only.
+        if self.activation == "gelu":
+            u, v = exact_gelu(u), exact_gelu(v)
+        gate = self.toeplitz_projection(self.norm(v), padding_mask=padding_mask)
         if attention is not None:
             gate = gate + attention
         return u * gate
@@ -202,6 +244,7 @@ class SpatialGatingUnit(keras.layers.Layer):
                     self.spatial_bias_initializer
                 ),
                 "activation": self.activation,
+                "spatial_projection": self.spatial_projection,
             }
         )
         return config

@@ -44,6 +44,14 @@ def check_bool(name, value):
     return value
 
 
+def check_spatial_projection(name, value):
+    """The Spatial Gating Unit's token mixing: "dense" or "toeplitz"."""
+    from keras_gmlp.layers.spatial_gating_unit import SPATIAL_PROJECTIONS
+
+    validation.check(value in SPATIAL_PROJECTIONS, name, value, f"one of {SPATIAL_PROJECTIONS}")
+    return value
+
+
 def check_optional_positive_int(name, value):
     if value is not None:
         validation.check_positive_int(name, value)

@@ -18,7 +18,8 @@ class GMLPBackbone(BackboneBase):
 
     The Spatial Gating Units carry position, so inputs need no position ids.
     Inputs may be shorter than `sequence_length` (the spatial weights are
-    sliced); padded positions never influence real ones.
+    sliced), and with `spatial_projection="toeplitz"` longer too; padded
+    positions never influence real ones.
 
     Args:
         vocabulary_size: int, size of the token vocabulary.
@@ -32,6 +33,9 @@ class GMLPBackbone(BackboneBase):
             decayed linearly to 0 at the first.
         causal: bool, each position only reads earlier ones.
         layer_norm_epsilon: float, epsilon of block and final LayerNorms.
+        spatial_projection: the SGUs' token mixing, "dense" (the paper's (n, n) W,
+            default) or "toeplitz" (W[m, j] = t(m - j): O(1) parameters in n, O(n log n) by
+            FFT, and inputs longer than `sequence_length`; see `SpatialGatingUnit`).
         dtype: optional dtype policy (e.g. "mixed_bfloat16") of every layer and of the model
             itself (`backbone.dtype_policy`, which the tasks' heads and loss scaling follow).
 
@@ -61,6 +65,7 @@ class GMLPBackbone(BackboneBase):
         drop_path_rate=0.0,
         causal=False,
         layer_norm_epsilon=1e-6,
+        spatial_projection="dense",
         dtype=None,
         **kwargs,
     ):
@@ -76,6 +81,7 @@ class GMLPBackbone(BackboneBase):
             drop_path_rate=drop_path_rate,
             causal=causal,
             layer_norm_epsilon=layer_norm_epsilon,
+            spatial_projection=spatial_projection,
             dtype=dtype,
             **kwargs,
         )
@@ -102,6 +108,7 @@ class GMLPBackbone(BackboneBase):
                 drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
                 causal=causal,
                 layer_norm_epsilon=layer_norm_epsilon,
+                spatial_projection=spatial_projection,
                 dtype=dtype,
                 name=f"block_{i}",
             )
@@ -138,6 +145,7 @@ class GMLPBackbone(BackboneBase):
         self.dropout = dropout
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.spatial_projection = spatial_projection
 
     def get_config(self):
         return {
@@ -152,6 +160,7 @@ class GMLPBackbone(BackboneBase):
             "drop_path_rate": self.drop_path_rate,
             "causal": self.causal,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "spatial_projection": self.spatial_projection,
         }
 
     @classmethod
@@ -177,6 +186,7 @@ class GMLPBackbone(BackboneBase):
             "drop_path_rate": validation.check_rate,
             "causal": arguments.check_bool,
             "layer_norm_epsilon": validation.check_positive_float,
+            "spatial_projection": arguments.check_spatial_projection,
             "dtype": lambda name, value: arguments.check_dtype(value),
             "name": lambda name, value: arguments.check_name(value),
             "trainable": arguments.check_bool,

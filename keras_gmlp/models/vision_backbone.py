@@ -39,6 +39,9 @@ class GMLPVisionBackbone(BackboneBase):
             decayed linearly to 0 at the first (paper: 1 - survival prob).
         include_rescaling: bool, map [0, 255] pixels to [-1, 1] in the model.
         layer_norm_epsilon: float, epsilon of block and final LayerNorms (1e-6).
+        spatial_projection: the SGUs' token mixing over the patches, "dense" (the paper's
+            (n, n) W, default) or "toeplitz" (W[m, j] = t(m - j) along the row-major patch
+            order: O(1) parameters in n, O(n log n) by FFT; see `SpatialGatingUnit`).
         dtype: optional dtype policy of every layer and of the model itself.
 
     Input: `(batch, height, width, channels)` images.
@@ -67,6 +70,7 @@ class GMLPVisionBackbone(BackboneBase):
         drop_path_rate=0.0,
         include_rescaling=True,
         layer_norm_epsilon=1e-6,
+        spatial_projection="dense",
         dtype=None,
         **kwargs,
     ):
@@ -81,6 +85,7 @@ class GMLPVisionBackbone(BackboneBase):
             drop_path_rate=drop_path_rate,
             include_rescaling=include_rescaling,
             layer_norm_epsilon=layer_norm_epsilon,
+            spatial_projection=spatial_projection,
             dtype=dtype,
             **kwargs,
         )
@@ -106,6 +111,7 @@ class GMLPVisionBackbone(BackboneBase):
                 dropout=dropout,
                 drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
                 layer_norm_epsilon=layer_norm_epsilon,
+                spatial_projection=spatial_projection,
                 dtype=dtype,
                 name=f"block_{i}",
             )
@@ -136,6 +142,7 @@ class GMLPVisionBackbone(BackboneBase):
         self.dropout = dropout
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.spatial_projection = spatial_projection
 
     @property
     def patch_grid(self):
@@ -194,6 +201,7 @@ class GMLPVisionBackbone(BackboneBase):
             "drop_path_rate": self.drop_path_rate,
             "include_rescaling": self.include_rescaling,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "spatial_projection": self.spatial_projection,
         }
 
     @classmethod
@@ -216,6 +224,7 @@ class GMLPVisionBackbone(BackboneBase):
             "drop_path_rate": validation.check_rate,
             "include_rescaling": arguments.check_bool,
             "layer_norm_epsilon": validation.check_positive_float,
+            "spatial_projection": arguments.check_spatial_projection,
             "dtype": lambda name, value: arguments.check_dtype(value),
             "name": lambda name, value: arguments.check_name(value),
             "trainable": arguments.check_bool,

@@ -324,7 +324,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_checkpointed_step_and_both_resu
         assert time.monotonic() < deadline
         time.sleep(0.05)
     worker.popen.send_signal(signal.SIGTERM)  # the chief gets no signal: the workers agree
-    (chief_code, chief_output), (worker_code, worker_output) = chief.wait(300), worker.wait(300)
+    (chief_code, chief_output), (worker_code, worker_output) = chief.wait(900), worker.wait(900)
     assert chief_code == worker_code == 143, chief_output[-3000:] + worker_output[-3000:]
     saved = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
     assert saved < RUN_STEPS and max(losses(model_dir)) == saved

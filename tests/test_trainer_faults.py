@@ -218,7 +218,7 @@ def test_sigterm_saves_the_current_step_exits_143_and_the_restart_equals_the_fin
     _wait_for(process, " parameters.")  # built; its first loop (one step) is ahead
     process.popen.send_signal(signal.SIGTERM)
     process.popen.send_signal(signal.SIGTERM)  # a second notice changes nothing
-    returncode, output = process.wait(120)
+    returncode, output = process.wait(600)
     assert returncode == 143, output[-4000:]
     saved = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
     assert f"SIGTERM received: saved a checkpoint of step {saved} " in output

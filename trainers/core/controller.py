@@ -173,11 +173,21 @@ class Preemption:
         self._previous = {}
 
     def __enter__(self):
+        return self.install()
+
+    def install(self):
+        """Installs the handlers (again): call it after starting anything that installs its own.
+
+        TensorFlow's and JAX's coordination services (MultiWorkerMirroredStrategy,
+        jax.distributed) install a C-level SIGTERM handler of their own, which would
+        otherwise take the signal.
+        """
         if threading.current_thread() is not threading.main_thread():
             logging.warning("Not in the main thread: SIGTERM/SIGINT will not save a checkpoint.")
             return self
         for signum in PREEMPTION_EXIT_CODES:
-            self._previous[signum] = signal.signal(signum, self._handle)
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
         return self
 
     def _handle(self, signum, frame):

@@ -446,6 +446,7 @@ def run(task, preemption):
     _set_cpu_devices(fv.num_cpu_devices)
     if fv.multi_host:
         _initialize_multi_host()
+        preemption.install()  # jax.distributed's coordination service took SIGTERM
     if fv.mixed_precision != "float32":
         keras.config.set_dtype_policy(fv.mixed_precision)
     distribution = make_distribution(fv.strategy, fv.model_parallel_size, _backbone_class(task))

@@ -80,6 +80,7 @@ def _run_tensorflow(task, preemption):
     if fv.mixed_precision != "float32":
         keras.config.set_dtype_policy(fv.mixed_precision)
     strategy = strategy_lib.make_strategy(fv.strategy, fv.tpu, fv.num_cpu_devices)
+    preemption.install()  # MultiWorkerMirroredStrategy's coordination service took SIGTERM
     replicas = strategy.num_replicas_in_sync
     if fv.global_batch_size % replicas:
         raise ValueError(

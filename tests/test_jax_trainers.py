@@ -176,6 +176,39 @@ def test_sigkill_after_a_checkpoint_then_restart_equals_an_uninterrupted_run(run
                                    err_msg=key)
 
 
+def test_sigint_saves_the_current_step_exits_130_and_the_restart_equals_an_uninterrupted_run(
+        runs, vocab_file, tmp_path):
+    dirs, _, _ = runs
+    model_dir = str(tmp_path / "preempted")
+    # Loops of 3 steps: the first ends at step 3, which is no checkpoint step (every 4).
+    process = _start("trainers.pretrain_mlm", _mlm_args(model_dir, vocab_file, TRAIN_STEPS,
+                                                        "--steps_per_loop=3"))
+    deadline = time.monotonic() + 300
+    while " parameters." not in open(process.log_path).read():  # built, not yet trained
+        assert process.poll() is None and time.monotonic() < deadline, \
+            _finish(process)[1][-4000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    returncode, output = _finish(process, 600)
+    assert returncode == 130, output[-4000:]
+    saved = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
+    assert f"SIGINT received: saved a checkpoint of step {saved} " in output
+    assert saved < TRAIN_STEPS and max(_losses(model_dir)) == saved
+
+    _, output = _run("trainers.pretrain_mlm", _mlm_args(model_dir, vocab_file, TRAIN_STEPS))
+    assert f"at step {saved}." in output
+    expected, got = _losses(dirs["one"]), _losses(model_dir)
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose([got[s] for s in sorted(got)],
+                               [expected[s] for s in sorted(expected)], rtol=1e-6)
+    final = _model_values(tf.train.latest_checkpoint(model_dir))
+    reference = _model_values(tf.train.latest_checkpoint(dirs["one"]))
+    assert final.keys() == reference.keys() and len(final) > 10
+    for key in reference:
+        np.testing.assert_allclose(final[key], reference[key], rtol=1e-5, atol=1e-7,
+                                   err_msg=key)
+
+
 # Runs on the JAX backend with 8 devices: builds the model-parallel run's task, checks the
 # layouts, AdamW's weight-decay exclusion and the compiled train loop, and writes the
 # trained model's logits on fixed inputs for the export comparison.
@@ -298,6 +331,8 @@ def test_export_gives_the_jax_models_outputs(runs, checks):
     # keras-hub's generic loader and gives the same logits.
     import keras_hub
 
+    import keras_gmlp  # noqa: F401 (registers the classes the preset names, whatever ran before)
+
     model = keras_hub.models.MaskedLM.from_preset(os.path.join(dirs["model"], "preset"))
     logits = model({k: tf.constant(v, tf.int32) for k, v in inputs.items()}, training=False)
     np.testing.assert_allclose(np.asarray(logits), jax_logits, atol=1e-5, rtol=1e-5)
@@ -310,7 +345,7 @@ def test_image_trainer_non_finite_loss_stops_and_keeps_only_finite_checkpoints(t
         [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
          "--global_batch_size=16", "--train_steps=50", "--warmup_steps=5",
          "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1",
-         "--keep_checkpoints=50"],
+         "--keep_checkpoints=50", "--max_recoveries=0"],
         expect_ok=False)
     assert returncode == 3, output[-4000:]
     assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
@@ -510,3 +545,60 @@ def test_multi_host_without_a_cluster_fails_before_writing_and_names_the_variabl
     assert "--multi_host: jax.distributed.initialize() found no cluster to join" in output
     assert "KERAS_DISTRIBUTION_NUM_PROCESSES" in output
     assert not os.path.exists(model_dir)
+
+
+# Two image runs on the JAX backend in one process: one whose 8th training batch holds NaN
+# pixels (recovered from with --max_recoveries=1), one whose data never had batches 6-8.
+RECOVERY = r"""
+import json, sys
+import tensorflow as tf
+from absl import flags
+from trainers import train_image_classifier
+from trainers.core import loop
+
+args = json.loads(sys.argv[1])
+
+
+class Poisoned(train_image_classifier.ImageClassificationTask):
+    def train_dataset(self, batch_size, input_context=None):
+        dataset = super().train_dataset(batch_size, input_context)
+        nan = tf.constant(float("nan"))
+        return dataset.enumerate().map(
+            lambda index, batch: (tf.where(index == 7, batch[0] * nan, batch[0]), batch[1]))
+
+
+class WithoutTheWindow(train_image_classifier.ImageClassificationTask):
+    def train_dataset(self, batch_size, input_context=None):
+        dataset = super().train_dataset(batch_size, input_context)
+        return dataset.enumerate().filter(
+            lambda index, batch: tf.logical_or(index < 5, index > 7)).map(
+            lambda index, batch: batch)
+
+
+for task_class, model_dir, extra in ((Poisoned, args["recovered"], ["--max_recoveries=1"]),
+                                     (WithoutTheWindow, args["reference"], [])):
+    fv = flags.FlagValues()
+    train_image_classifier.define_flags(fv)
+    fv(["trainer", f"--model_dir={model_dir}", *args["flags"], *extra])
+    loop.run(task_class(fv))
+"""
+
+
+def test_a_nan_batch_is_recovered_from_on_jax_and_matches_a_run_without_its_window(tmp_path):
+    dirs = dict(recovered=str(tmp_path / "recovered"), reference=str(tmp_path / "reference"))
+    args = dict(dirs, flags=[
+        "--model_overrides=num_layers=1,patch_size=2,hidden_dim=32,ffn_dim=64",
+        "--global_batch_size=16", "--warmup_steps=2", "--decay=constant",
+        "--learning_rate=2e-3", "--eval_steps=1", "--seed=5", "--train_steps=20",
+        "--log_every=5", "--checkpoint_every=5", "--keep_checkpoints=10", "--steps_per_loop=5"])
+    result = subprocess.run([sys.executable, "-c", RECOVERY, json.dumps(args)], cwd=REPO,
+                            env=_env(1), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Recovered: resumed from ckpt-5; skipping the 3 input batch(es)" in result.stderr
+    got, expected = _losses(dirs["recovered"]), _losses(dirs["reference"])
+    np.testing.assert_allclose([got[s] for s in (10, 15, 20)], [expected[s] for s in (10, 15, 20)],
+                               rtol=1e-6)
+    a, b = (_model_values(os.path.join(dirs[d], "ckpt-20")) for d in ("recovered", "reference"))
+    assert a.keys() == b.keys() and len(a) > 5
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -3,6 +3,7 @@ the model_dir lock and checkpoint bookkeeping."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from trainers import finetune_text_classifier
 from trainers import pretrain_mlm
 from trainers import train_image_classifier
 from trainers.core import checkpoints
+from trainers.core import controller
 from trainers.core import flags as flags_lib
 from trainers.core import run_dir
 from trainers.core import optimization
@@ -128,12 +130,12 @@ def test_flags_file_round_trips(tmp_path):
     fv = _flag_values(pretrain_mlm.define_flags)
     fv(["trainer", f"--model_dir={tmp_path}", "--train_steps=7", "--warmup_steps=2", "--decay=cosine",
         "--model_overrides=num_layers=1,hidden_dim=32"])
-    flags_lib.write_flags(str(tmp_path), fv)
+    run_dir.write_flags(str(tmp_path), fv)
     again = _flag_values(pretrain_mlm.define_flags)
-    again(["trainer", f"--flagfile={tmp_path / flags_lib.FLAGS_FILE}"])
+    again(["trainer", f"--flagfile={tmp_path / run_dir.FLAGS_FILE}"])
     for name in ("train_steps", "decay", "model_overrides", "model_dir", "learning_rate"):
         assert again[name].value == fv[name].value
-    with open(tmp_path / flags_lib.FLAGS_JSON) as f:
+    with open(tmp_path / run_dir.FLAGS_JSON) as f:
         assert json.load(f)["train_steps"] == 7
 
 
@@ -287,3 +289,28 @@ def test_partial_saves_are_removed_and_state_rewrites_keep_rotation(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-6")
     checkpoints.keep_newest(str(tmp_path), 1)
     assert run_dir.read_state(str(tmp_path)) == ["ckpt-6"] and not list(tmp_path.glob("ckpt-4.*"))
+
+
+def test_preemption_signals_only_ask_and_never_interrupt_the_checkpoint_write(tmp_path):
+    variable = tf.Variable(1.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(tmp_path), 3)
+    previous = signal.getsignal(signal.SIGTERM)
+    with controller.Preemption() as preemption:
+        assert preemption.exit_code() == 0
+        preemption.preempted(3, lambda: pytest.fail("saved without a signal"))
+        os.kill(os.getpid(), signal.SIGINT)  # the first signal decides the exit code
+
+        def save():
+            variable.assign(7.0)
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the save
+            return manager.save(checkpoint_number=7)
+
+        with pytest.raises(controller.Preempted, match="step 7") as raised:
+            preemption.preempted(7, save)
+        # Several workers: any worker's signal stops every one with its code.
+        assert controller.Preemption().exit_code(agree=lambda counts: [1, 0]) == 143
+    assert signal.getsignal(signal.SIGTERM) is previous  # the run's handlers are gone
+    assert raised.value.exit_code == 130 and raised.value.checkpoint.endswith("ckpt-7")
+    variable.assign(0.0)
+    tf.train.Checkpoint(v=variable).restore(raised.value.checkpoint).assert_consumed()
+    assert float(variable) == 7.0

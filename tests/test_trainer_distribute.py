@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import types
 
 import keras
@@ -24,6 +25,7 @@ from trainer_processes import free_ports as _free_ports
 from trainer_processes import losses
 from trainer_processes import model_values
 from trainers import train_image_classifier
+from trainers.core import controller
 from trainers.core import loop
 from trainers.core import run_dir
 
@@ -47,7 +49,7 @@ def _loop_ends(train_steps, start=0, **intervals):
     fv = types.SimpleNamespace(train_steps=train_steps, **intervals)
     ends, step = [], start
     while step < train_steps:
-        length = loop.loop_length(step, start, fv)
+        length = controller.loop_length(step, start, fv)
         assert 1 <= length <= fv.steps_per_loop
         step += length
         ends.append(step)
@@ -110,8 +112,9 @@ class _NaNImagesAtStep8(train_image_classifier.ImageClassificationTask):
 
 def test_nan_inside_a_loop_stops_there_and_keeps_the_last_good_checkpoint(loop_runs, tmp_path):
     model_dir = str(tmp_path / "nan")
-    with pytest.raises(loop.NonFiniteLossError, match="at step 8;") as error:
-        _train(model_dir, "--steps_per_loop=5", task_class=_NaNImagesAtStep8)
+    with pytest.raises(controller.NonFiniteLossError, match="at step 8;") as error:
+        _train(model_dir, "--steps_per_loop=5", "--max_recoveries=0",
+               task_class=_NaNImagesAtStep8)
     assert "last good checkpoint is kept" in str(error.value)
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-5")
     assert not os.path.exists(os.path.join(model_dir, "ckpt-10.index"))
@@ -121,6 +124,37 @@ def test_nan_inside_a_loop_stops_there_and_keeps_the_last_good_checkpoint(loop_r
     for key in expected:
         assert np.all(np.isfinite(got[key])), key
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+class _WithoutBatches6To8(train_image_classifier.ImageClassificationTask):
+    """The digits without the 6th to 8th training batches: what a recovered run should see."""
+
+    def train_dataset(self, batch_size, input_context=None):
+        dataset = super().train_dataset(batch_size, input_context)
+        return dataset.enumerate().filter(
+            lambda index, batch: tf.logical_or(index < 5, index > 7)).map(
+            lambda index, batch: batch)
+
+
+def test_a_nan_batch_is_recovered_from_and_the_run_matches_one_without_its_window(
+        loop_runs, tmp_path):
+    recovered, reference = str(tmp_path / "recovered"), str(tmp_path / "reference")
+    _train(recovered, "--steps_per_loop=5", "--max_recoveries=1", task_class=_NaNImagesAtStep8)
+    _train(reference, "--steps_per_loop=5", task_class=_WithoutBatches6To8)
+    # ckpt-5 restored; the batches of steps 6-8 (the poisoned one last) are skipped.
+    with open(os.path.join(recovered, run_dir.RECOVERIES_FILE)) as f:
+        windows = json.load(f)
+    assert [(w["restored_step"], w["failed_step"], w["skipped_batches"]) for w in windows] == [
+        (5, 8, 3)]
+    got, expected = losses(recovered), losses(reference)
+    np.testing.assert_allclose([got[s] for s in (10, 15, 20)], [expected[s] for s in (10, 15, 20)],
+                               rtol=1e-6)
+    a, b = (model_values(os.path.join(d, "ckpt-20")) for d in (recovered, reference))
+    assert a.keys() == b.keys() and len(a) > 5
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The uninterrupted run (which saw those batches) differs: the window really was skipped.
+    assert losses(loop_runs[1])[10] != got[10]
 
 
 def test_the_whole_train_step_compiles_with_xla_and_matches(tmp_path):
@@ -215,7 +249,7 @@ def test_two_workers_with_per_worker_input_match_one_replica(one_replica, two_wo
     for step in range(1, COMPARED_STEPS + 1):
         np.testing.assert_allclose(got[step], expected[step], rtol=1e-4, err_msg=f"step {step}")
     # Worker 1 kept its own iterator beside the chief's checkpoints; no throwaway copies stay.
-    assert os.path.exists(os.path.join(loop.worker_input_dir(model_dir, 1),
+    assert os.path.exists(os.path.join(controller.worker_input_dir(model_dir, 1),
                                        f"ckpt-{RUN_STEPS}.index"))
     assert not [name for name in os.listdir(model_dir) if name.startswith(".worker_")]
 
@@ -275,3 +309,39 @@ def test_a_restart_with_another_worker_count_is_refused(two_workers, tmp_path):
         loop.run(train_image_classifier.ImageClassificationTask(fv))
     assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{RUN_STEPS}")
     assert sorted(os.listdir(model_dir)) == before
+
+
+def test_sigterm_to_one_worker_stops_both_at_one_checkpointed_step_and_both_resume_exactly(
+        two_workers, tmp_path):
+    reference, _ = two_workers
+    model_dir = str(tmp_path / "preempted")
+    args = [f"--train_steps={RUN_STEPS}", *EVERY_STEP]
+    chief, worker = _workers(model_dir, args, "first")
+    deadline = time.monotonic() + 600
+    while " parameters." not in open(worker.log_path).read():  # built, not yet trained
+        assert chief.popen.poll() is None and worker.popen.poll() is None, (
+            chief.wait(900)[1][-3000:] + worker.wait(900)[1][-3000:])
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker.popen.send_signal(signal.SIGTERM)  # the chief gets no signal: the workers agree
+    (chief_code, chief_output), (worker_code, worker_output) = chief.wait(900), worker.wait(900)
+    assert chief_code == worker_code == 143, chief_output[-3000:] + worker_output[-3000:]
+    saved = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
+    assert saved < RUN_STEPS and max(losses(model_dir)) == saved
+    for output in (chief_output, worker_output):
+        assert f"SIGTERM received: saved a checkpoint of step {saved} " in output
+    # The worker's own iterator was saved with the chief's checkpoint of that step.
+    assert os.path.exists(os.path.join(controller.worker_input_dir(model_dir, 1),
+                                       f"ckpt-{saved}.index"))
+
+    outputs = _run_ok(*_workers(model_dir, args, "restart"))
+    for output in outputs:
+        assert f"at step {saved}." in output
+    expected, got = losses(reference), losses(model_dir)
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
+                               rtol=1e-6)
+    final, first = (model_values(os.path.join(d, f"ckpt-{RUN_STEPS}"))
+                    for d in (model_dir, reference))
+    for key in first:
+        np.testing.assert_allclose(final[key], first[key], rtol=1e-5, atol=1e-7, err_msg=key)

@@ -171,10 +171,14 @@ def test_non_finite_step_is_never_applied_or_kept_and_the_kept_checkpoint_resume
                  "--keep_checkpoints=2"]
     # Step 7 starts from good weights and its update explodes them (finite, but step 8's loss
     # is not). Two replicas: the skipped update goes through the cross-replica (merge_call) path.
+    # Each recovery goes back to ckpt-6 and explodes again on the next batches: after two the
+    # run stops as without recoveries.
     returncode, output = run(MLM, [*exploding, "--learning_rate=1e9", "--strategy=mirrored",
-                                   "--num_cpu_devices=2"], expect_ok=False)
+                                   "--num_cpu_devices=2", "--max_recoveries=2"], expect_ok=False)
     assert returncode == 3, output[-4000:]
     assert "Non-finite training loss" in output and "last good checkpoint is kept" in output
+    assert output.count("Recovered: resumed from ckpt-6") == 2, output[-4000:]
+    assert "--max_recoveries=2: 2 recoveries in this process were used up" in output
     kept = tf.train.latest_checkpoint(model_dir)
     for index in glob.glob(os.path.join(model_dir, "ckpt-*.index")):
         for key, value in model_values(index[:-len(".index")]).items():
@@ -190,3 +194,45 @@ def test_non_finite_step_is_never_applied_or_kept_and_the_kept_checkpoint_resume
     _, output = run(MLM, [*exploding, "--train_steps=9"])
     assert "at step 6." in output
     assert all(np.isfinite(losses(model_dir)[step]) for step in (7, 8, 9))
+
+
+def _wait_for(process, text):
+    """Polls the process's log until `text` appears (the process must still be running)."""
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        assert process.popen.poll() is None, process.wait()[1][-4000:]
+        with open(process.log_path) as f:
+            if text in f.read():
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {process.log_path}")
+
+
+def test_sigterm_saves_the_current_step_exits_143_and_the_restart_equals_the_finished_run(
+        finished, tmp_path):
+    model_dir = str(tmp_path / "preempted")
+    # A far --train_steps: only the signal ends this run (the rate is constant, so its steps
+    # are the finished run's).
+    process = start(MLM, [f"--model_dir={model_dir}", "--vocabulary_size=300",
+                          "--train_steps=100000", *TINY])
+    _wait_for(process, " parameters.")  # built; its first loop (one step) is ahead
+    process.popen.send_signal(signal.SIGTERM)
+    process.popen.send_signal(signal.SIGTERM)  # a second notice changes nothing
+    returncode, output = process.wait(600)
+    assert returncode == 143, output[-4000:]
+    saved = int(tf.train.latest_checkpoint(model_dir).rsplit("-", 1)[1])
+    assert f"SIGTERM received: saved a checkpoint of step {saved} " in output
+    assert 1 <= saved < 6, "the signal came too late for the comparison"
+    assert max(losses(model_dir)) == saved  # nothing was trained past the saved step
+
+    _, output = run(MLM, [f"--model_dir={model_dir}", "--vocabulary_size=300",
+                          "--train_steps=6", *TINY])
+    assert f"Resumed from {model_dir}/ckpt-{saved} at step {saved}." in output
+    expected, got = losses(finished), losses(model_dir)
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    np.testing.assert_allclose([got[s] for s in sorted(got)],
+                               [expected[s] for s in sorted(got)], rtol=1e-6)
+    final, reference = (model_values(os.path.join(d, "ckpt-6")) for d in (model_dir, finished))
+    assert final.keys() == reference.keys() and len(final) > 5
+    for key in reference:
+        np.testing.assert_array_equal(final[key], reference[key], err_msg=key)

@@ -160,7 +160,8 @@ def test_image_trainer_stops_on_a_non_finite_loss_and_keeps_no_exploded_checkpoi
         "trainers.train_image_classifier",
         [f"--model_dir={model_dir}", "--model_overrides=num_layers=1,patch_size=2",
          "--global_batch_size=16", "--train_steps=50", "--warmup_steps=0",
-         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1"],
+         "--learning_rate=1e30", "--global_clipnorm=0", "--checkpoint_every=1", "--log_every=1",
+         "--max_recoveries=0"],
         expect_ok=False)
     assert returncode == 3, output[-4000:]
     assert "Non-finite training loss" in output and "last good checkpoint is kept" in output

@@ -29,7 +29,7 @@ class TrainerProcess:
             self.popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO,
                                           env=_env(**env), stdout=log, stderr=subprocess.STDOUT)
 
-    def wait(self, timeout=240):
+    def wait(self, timeout=900):
         self.popen.wait(timeout=timeout)
         with open(self.log_path) as f:
             return self.popen.returncode, f.read()
@@ -55,7 +55,7 @@ def start(module, args, **env):
     return TrainerProcess(module, args, f"{model_dir}.{next(_LOG_NUMBERS)}.log", **env)
 
 
-def run(module, args, expect_ok=True, timeout=240, **env):
+def run(module, args, expect_ok=True, timeout=900, **env):
     returncode, output = start(module, args, **env).wait(timeout)
     if expect_ok:
         assert returncode == 0, output[-4000:]

@@ -1,4 +1,4 @@
-"""absl flags shared by the trainers, their start-up validators, and the flags file.
+"""absl flags shared by the trainers and their start-up validators (definitions only).
 
 Flags are defined on a `FlagValues` by functions (not at import), so that importing several
 trainer modules in one process never redefines a flag; each trainer's entry point defines the
@@ -8,7 +8,6 @@ message names the flag, the value and what was expected.
 """
 
 import ast
-import json
 import math
 import os
 import re
@@ -24,8 +23,6 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu
 # What each backend runs (trainers.core.strategy for TensorFlow, trainers.core.jax_loop for JAX).
 TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 JAX_STRATEGIES = ("default", "one_device", "data_parallel", "model_parallel", "tpu")
-FLAGS_FILE = "flags.txt"
-FLAGS_JSON = "flags.json"
 FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -112,6 +109,10 @@ def define_common_flags(fv=flags.FLAGS):
                       "preprocesses only its share of every global batch (and checkpoints its "
                       "own iterator); otherwise every worker reads whole global batches.",
                       flag_values=fv)
+    flags.DEFINE_integer("max_recoveries", 3, "On a non-finite loss or gradient norm: restore "
+                         "the newest finite checkpoint, skip the input batches since it (logged, "
+                         "and kept in MODEL_DIR/recoveries.json) and go on, up to N times per "
+                         "process; 0 stops at the first one (exit code 3).", flag_values=fv)
     flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().",
                       flag_values=fv)
 
@@ -293,6 +294,8 @@ def register_validators(kind, fv=flags.FLAGS):
     check("eval_every", lambda v: v >= 0, "an integer >= 0")
     check("eval_steps", lambda v: v >= 0, "an integer >= 0")
     check("log_every", lambda v: v >= 1, "an integer >= 1")
+    check("max_recoveries", lambda v: v is not None and v >= 0, "an integer >= 0 (0 stops at "
+          "the first non-finite loss)")
     check("steps_per_loop", lambda v: v is not None and v >= 1, "an integer >= 1")
     check("seed", lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (TensorFlow's seeds "
           "are int32)")
@@ -433,25 +436,4 @@ def flag_dict(fv=flags.FLAGS, module_names=None):
             continue
         for flag in module_flags:
             values[flag.name] = flag.value
-    return values
-
-
-def write_flags(model_dir, fv=flags.FLAGS):
-    """Writes the flags of this run into model_dir: a --flagfile and a JSON copy.
-
-    `python -m trainers.<trainer> --flagfile=MODEL_DIR/flags.txt` repeats the run.
-    """
-    ours = [m for m in fv.flags_by_module_dict() if "absl" not in m and "tensorflow" not in m]
-    values = flag_dict(fv, ours)
-    _gfile().makedirs(model_dir)
-    lines = []
-    for name in sorted(values):
-        serialized = fv[name].serialize()
-        if serialized:
-            lines.append(serialized)
-    from trainers.core.run_dir import write_atomically
-
-    write_atomically(os.path.join(model_dir, FLAGS_FILE), "\n".join(lines) + "\n")
-    write_atomically(os.path.join(model_dir, FLAGS_JSON),
-                     json.dumps(values, indent=2, sort_keys=True, default=str))
     return values

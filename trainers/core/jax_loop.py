@@ -29,11 +29,8 @@ what differs is what JAX does natively:
   weight (one process), else by that TensorFlow child from the final checkpoint.
 """
 
-import json
 import math
 import os
-import subprocess
-import sys
 import time
 
 import jax
@@ -41,10 +38,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from jax.experimental import multihost_utils
 
+from keras_gmlp import models
+from keras_gmlp.models import layout as layout_lib
 from trainers.core import checkpoints
+from trainers.core import controller
 from trainers.core import flags as flags_lib
 from trainers.core import optimization
+from trainers.core import preset
+from trainers.core import run_dir
+from trainers.core import tf_child
+from trainers.core.controller import NonFiniteLossError
 from trainers.core.summaries import ProgressLog
 
 def make_distribution(strategy, model_parallel_size=0, backbone_class=None):
@@ -76,9 +81,8 @@ def make_distribution(strategy, model_parallel_size=0, backbone_class=None):
                 f"{len(devices)} devices.")
         mesh = keras.distribution.DeviceMesh(
             (len(devices) // size, size), ("batch", "model"), devices)
-        get_layout_map = getattr(backbone_class, "get_layout_map", None)
-        if get_layout_map is None:
-            from keras_gmlp.models.layout import get_layout_map
+        get_layout_map = (getattr(backbone_class, "get_layout_map", None)
+                          or layout_lib.get_layout_map)
         layout_map = get_layout_map(mesh, model_parallel_dim_name="model",
                                     data_parallel_dim_name="batch")
         return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
@@ -104,8 +108,6 @@ def describe_layout(model):
 
 
 def _backbone_class(task):
-    from keras_gmlp import models
-
     vision = task.default_model in models.VISION_PRESETS
     return models.GMLPVisionBackbone if vision else models.GMLPBackbone
 
@@ -127,8 +129,6 @@ def _initialize_multi_host():
 def _sync(name):
     # Every process reaches this point before any goes on (a no-op in one process).
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -342,8 +342,6 @@ def _numpy(batch):
 def _to_host(value):
     if value.is_fully_addressable:
         return np.asarray(value)
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(value, tiled=True))
 
 
@@ -373,11 +371,9 @@ class Checkpointer:
         self.saves_iterator = iterator is not None
         self.input_manager = None
         if iterator is not None and pipelines > 1 and jax.process_index() > 0:
-            from trainers.core import loop
-
             self.input_manager = tf.train.CheckpointManager(
                 tf.train.Checkpoint(iterator=iterator),
-                loop.worker_input_dir(directory, jax.process_index()), max_to_keep=keep)
+                controller.worker_input_dir(directory, jax.process_index()), max_to_keep=keep)
             iterator = None
 
         def mirrors(variables):
@@ -396,8 +392,13 @@ class Checkpointer:
         if iterator is not None:
             parts["iterator"] = iterator
         self.checkpoint = tf.train.Checkpoint(**parts)
+        self.keep = keep
+        self.reopen()
+
+    def reopen(self):
+        """Reads MODEL_DIR/checkpoint again (after a recovery deleted a checkpoint)."""
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, directory, max_to_keep=keep, step_counter=self.step)
+            self.checkpoint, self.directory, max_to_keep=self.keep, step_counter=self.step)
 
     def save(self, step):
         if self.input_manager is not None:
@@ -414,10 +415,8 @@ class Checkpointer:
         return self.manager.save(checkpoint_number=step)
 
     def restore(self, path):
-        from trainers.core import loop
-
         if self.saves_iterator:
-            loop._check_worker_inputs(self.directory, path, self.pipelines)
+            controller.check_worker_inputs(self.directory, path, self.pipelines)
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except AssertionError as error:
@@ -426,7 +425,7 @@ class Checkpointer:
                 "under the JAX loop's keys (a run of another model, or one trained with "
                 "KERAS_BACKEND=tensorflow, cannot be resumed on JAX).") from error
         if self.input_manager is not None:
-            self.input_manager.checkpoint.restore(loop._worker_input_path(
+            self.input_manager.checkpoint.restore(controller.worker_input_path(
                 self.directory, jax.process_index(), path)).assert_consumed()
         for variable, mirror in zip(self.variables + self.optimizer_variables,
                                     self.mirrors + self.optimizer_mirrors):
@@ -434,19 +433,20 @@ class Checkpointer:
         return int(self.step.numpy())
 
 
-def run(task):
+def run(task, preemption):
     """Trains `task` on the JAX backend per its flags; returns the final evaluation metrics.
+
+    `preemption` is the run's `controller.Preemption`.
 
     The run directory is handled as by the TensorFlow loop (`trainers.core.run_dir`): process
     0 holds its lock, partial saves are removed, an existing run is compared with these flags
     and restored from its newest checkpoint that restores before anything is written.
     """
-    from trainers.core import run_dir
-
     fv = task.flags
     _set_cpu_devices(fv.num_cpu_devices)
     if fv.multi_host:
         _initialize_multi_host()
+        preemption.install()  # jax.distributed's coordination service took SIGTERM
     if fv.mixed_precision != "float32":
         keras.config.set_dtype_policy(fv.mixed_precision)
     distribution = make_distribution(fv.strategy, fv.model_parallel_size, _backbone_class(task))
@@ -463,18 +463,14 @@ def run(task):
     previous = keras.distribution.distribution()
     keras.distribution.set_distribution(distribution)
     try:
-        return _run(task, distribution, chief)
+        return _run(task, distribution, chief, preemption)
     finally:
         keras.distribution.set_distribution(previous)
         if lock is not None:
             lock.release()
 
 
-def _run(task, distribution, chief):
-    from trainers.core import loop
-    from trainers.core import preset
-    from trainers.core import run_dir
-
+def _run(task, distribution, chief, preemption):
     fv = task.flags
     model_dir = fv.model_dir
     if chief:
@@ -508,11 +504,9 @@ def _run(task, distribution, chief):
     resumed = None
     step = 0
     if found:
-        loop._compare_with_stored_run(task, backbone_config, fv.checkpoint_iterator)
+        controller.compare_with_stored_run(task, backbone_config, fv.checkpoint_iterator)
         resumed = run_dir.restore_newest(found, checkpointer.restore, model_dir)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.assert_equal(resumed, "The processes restored different checkpoints")
         step = resumed
         logging.info("Resumed from %s at step %d.", os.path.join(model_dir, f"ckpt-{resumed}"),
@@ -520,9 +514,25 @@ def _run(task, distribution, chief):
     else:
         task.initialize_from_pretrained(model)
     if chief:
-        loop._write_run_files(task, backbone_config, found, resumed)
-    if iterator is None:
-        iterator = iter(train_ds.skip(step))
+        controller.write_run_files(task, backbone_config, found, resumed)
+    recovery = controller.Recovery(model_dir, fv.max_recoveries, chief, resumed is not None)
+    saves_iterator = iterator is not None
+
+    def position_input(step):
+        # After restoring `step` (or at 0): past the batches used, and past skipped windows.
+        nonlocal iterator
+        skip = recovery.input_skip(step, saves_iterator)
+        if saves_iterator:
+            for _ in range(skip):
+                next(iterator)
+        else:
+            iterator = iter(train_ds.skip(skip))
+
+    position_input(step)
+    agree = None
+    if jax.process_count() > 1:
+        def agree(counts):
+            return np.sum(multihost_utils.process_allgather(np.asarray(counts, np.int32)), 0)
     eval_ds = task.eval_dataset(fv.global_batch_size)
     trainer = Trainer(task, model, optimizer, distribution, fv.global_clipnorm, pipelines)
     state = trainer.state()
@@ -532,12 +542,7 @@ def _run(task, distribution, chief):
     eval_metrics = {}
     log.start(step)
     while step < fv.train_steps:
-        # A loop ends at the next checkpoint and evaluation step too (as the TF loop's do), so
-        # those happen at their exact steps; log steps inside a loop are all written, since
-        # every step's loss comes back.
-        count = min(fv.steps_per_loop, fv.train_steps - step,
-                    fv.checkpoint_every - step % fv.checkpoint_every,
-                    (fv.eval_every - step % fv.eval_every) if fv.eval_every else fv.train_steps)
+        count = controller.loop_length(step, start_step, fv, every_step_reported=True)
         host = [_numpy(next(iterator)) for _ in range(count)]
         host += [jax.tree_util.tree_map(np.zeros_like, host[0])] * (fv.steps_per_loop - count)
         batches = trainer.device_batch(
@@ -546,26 +551,24 @@ def _run(task, distribution, chief):
         loop_start = time.perf_counter()
         state, (losses, sums, grad_norms) = trainer.train(state, batches, count)
         loop_end = time.perf_counter()
-        for i in range(count):
-            loss, grad_norm = float(losses[i]), float(grad_norms[i])
-            if math.isfinite(loss) and math.isfinite(grad_norm):
-                continue
-            # Nothing of this loop is saved. A checkpoint written just before this step holds
-            # the weights that gave this loss: delete it (the TF loop does the same).
-            bad_step = step + i + 1
-            kept = checkpointer.manager.latest_checkpoint
-            deleted = chief and i == 0 and last_saved == step and step > start_step
-            if deleted:
-                checkpoints.discard(model_dir, kept)
-                kept = tf.train.latest_checkpoint(model_dir)
-            raise loop.NonFiniteLossError(
-                f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
-                f"{bad_step}; stopped without saving this step. "
-                + (f"A checkpoint of step {bad_step - 1} held the weights that gave this "
-                   "loss; it was deleted. " if deleted else "")
-                + f"The last good checkpoint is kept: {kept or 'none was written yet'}. "
-                "Lower --learning_rate, raise --warmup_steps or set --global_clipnorm, then "
-                "restart from it.")
+        bad = [i for i in range(count)
+               if not (math.isfinite(float(losses[i])) and math.isfinite(float(grad_norms[i])))]
+        if bad:
+            # Nothing of this loop is kept: the state goes back to a checkpoint (or the run
+            # stops, keeping the last good one).
+            i = bad[0]
+            try:
+                step = recovery.recover(step + i + 1, float(losses[i]), float(grad_norms[i]),
+                                        last_saved, start_step, checkpointer.restore)
+            except NonFiniteLossError:
+                log.close()
+                raise
+            state = trainer.state()
+            start_step = last_saved = step
+            position_input(step)
+            checkpointer.reopen()  # reads the state file the recovery left
+            log.start(step)
+            continue
         for i in range(count):
             done = step + i + 1
             log.accumulate({key: float(value[i]) for key, value in sums.items()})
@@ -583,6 +586,18 @@ def _run(task, distribution, chief):
         if fv.eval_every and step % fv.eval_every == 0 and step != fv.train_steps:
             eval_metrics = _evaluate(trainer, state, eval_ds, fv, log, step)
             log.restart_clock()
+
+        def save_now():
+            if last_saved == step:
+                return checkpointer.manager.latest_checkpoint
+            trainer.set_state(state)
+            return checkpointer.save(step)
+
+        try:
+            preemption.preempted(step, save_now, agree)
+        except controller.Preempted:
+            log.close()
+            raise
     trainer.set_state(state)
     if step > start_step or not eval_metrics:
         eval_metrics = _evaluate(trainer, trainer.state(), eval_ds, fv, log, step)
@@ -595,11 +610,12 @@ def _run(task, distribution, chief):
     preset_here = chief and jax.process_count() == 1
     if preset_here:
         preset.write_preset(model, task.preprocessor(), model_dir)
-    outputs = ([] if preset_here else [PRESET]) + ([EXPORT] if fv.export_dir else [])
+    outputs = ([] if preset_here else [tf_child.PRESET]) + (
+        [tf_child.EXPORT] if fv.export_dir else [])
     if chief and outputs:
-        paths = write_with_tensorflow(task, tf.train.latest_checkpoint(model_dir), outputs)
+        paths = tf_child.write_with_tensorflow(task, tf.train.latest_checkpoint(model_dir), outputs)
         for output, path in zip(outputs, paths):
-            if output == EXPORT:
+            if output == tf_child.EXPORT:
                 logging.info("Exported a SavedModel to %s", path)
             else:
                 logging.info("Wrote the preset directory %s", path)
@@ -624,70 +640,3 @@ def _evaluate(trainer, state, dataset, fv, log, step):
     metrics = trainer.task.metrics(totals)
     log.write_eval(step, metrics, batches)
     return metrics
-
-
-def _trainer_module(task):
-    module = sys.modules[type(task).__module__]
-    spec = getattr(module, "__spec__", None)  # `python -m trainers.x` runs it as __main__
-    return spec.name if spec is not None else module.__name__
-
-
-PRESET, EXPORT = "preset", "export"
-
-
-def write_with_tensorflow(task, checkpoint_path, outputs):
-    """Writes `outputs` (`PRESET`: MODEL_DIR/preset, `EXPORT`: the task's SavedModel) from a
-    child process on the TensorFlow backend; returns their paths.
-
-    The child parses this run's flags file, rebuilds the task's model (`prepare` reads the
-    vocabulary and configs the run left in MODEL_DIR), reads the weights from the checkpoint
-    and calls `preset.write_preset` / `task.export`: the export is the one a TensorFlow-trained
-    model gives.
-    """
-    fv = task.flags
-    command = [sys.executable, "-m", "trainers.core.jax_loop", _trainer_module(task),
-               os.path.join(fv.model_dir, flags_lib.FLAGS_FILE), checkpoint_path,
-               ",".join(outputs)]
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode:
-        what = " and ".join("--export_dir" if o == EXPORT else "MODEL_DIR/preset" for o in outputs)
-        raise RuntimeError(f"{what}: the TensorFlow process writing it failed "
-                           f"(exit {result.returncode}):\n{result.stderr[-4000:]}")
-    return result.stdout.strip().splitlines()[-len(outputs):]
-
-
-def _export_main(argv):
-    """`python -m trainers.core.jax_loop TRAINER_MODULE FLAGS_FILE CHECKPOINT OUTPUTS` (TF
-    backend; OUTPUTS: comma-separated `preset`, `export`)."""
-    import importlib
-
-    from absl import flags
-
-    from trainers.core import preset
-    from trainers.core.task import Task
-
-    module_name, flags_file, checkpoint_path, outputs = argv[1:]
-    module = importlib.import_module(module_name)
-    module.define_flags()
-    fv = flags.FLAGS
-    fv([argv[0], f"--flagfile={flags_file}", "--strategy=default", "--nomulti_host"])
-    task_class, = [value for value in vars(module).values()
-                   if isinstance(value, type) and issubclass(value, Task) and value is not Task
-                   and value.__module__ == module.__name__]
-    task = task_class(fv)
-    task.prepare(fv.model_dir, False)
-    if fv.mixed_precision != "float32":
-        keras.config.set_dtype_policy(fv.mixed_precision)
-    model = task.build_model()
-    reader = tf.train.Checkpoint(model=checkpoints.model_tree(model))
-    reader.restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
-    for output in outputs.split(","):
-        if output == PRESET:
-            print(preset.write_preset(model, task.preprocessor(), fv.model_dir))
-        else:
-            print(task.export(model, fv.export_dir))
-
-
-if __name__ == "__main__":
-    _export_main(sys.argv)

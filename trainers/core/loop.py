@@ -7,9 +7,7 @@ Each step: forward and loss on every replica, loss divided by a normaliser all-r
 replicas, gradients all-reduced once, clipped by their global norm, applied by AdamW.
 """
 
-import json
 import os
-import re
 import sys
 
 import keras
@@ -19,26 +17,28 @@ from absl import flags
 from absl import logging
 
 from trainers.core import checkpoints
-from trainers.core import flags as flags_lib
+from trainers.core import controller
 from trainers.core import optimization
 from trainers.core import preset
 from trainers.core import run_dir
 from trainers.core import strategy as strategy_lib
+from trainers.core.controller import NON_FINITE_EXIT_CODE
+from trainers.core.controller import NonFiniteLossError
+from trainers.core.controller import Preempted
+from trainers.core.controller import loop_length
 from trainers.core.summaries import ProgressLog
 
 SUM = tf.distribute.ReduceOp.SUM
 MODEL_CONFIG_FILE = run_dir.MODEL_CONFIG_FILE
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the run stopped without saving that step."""
-
-
-NON_FINITE_EXIT_CODE = 3
-
-
 def main_for(task_class):
-    """An `absl.app` main that trains `task_class(FLAGS)`; a NaN/Inf loss exits with status 3."""
+    """An `absl.app` main that trains `task_class(FLAGS)`.
+
+    Exit codes: 0 done; 3 a non-finite loss with no recovery left (`--max_recoveries`); 143
+    after SIGTERM and 130 after SIGINT, once a checkpoint of the current step is saved
+    (`controller.Preempted`; the same command resumes from it).
+    """
 
     def main(argv):
         if len(argv) > 1:
@@ -48,16 +48,29 @@ def main_for(task_class):
         except NonFiniteLossError as error:
             logging.error("%s", error)
             sys.exit(NON_FINITE_EXIT_CODE)
+        except Preempted as preempted:
+            logging.warning("%s", preempted)
+            sys.exit(preempted.exit_code)
 
     return main
 
 
 def run(task):
-    """Trains `task` (a `trainers.core.task.Task`) per its flags; returns the final metrics."""
-    if keras.backend.backend() == "jax":
-        from trainers.core import jax_loop
+    """Trains `task` (a `trainers.core.task.Task`) per its flags; returns the final metrics.
 
-        return jax_loop.run(task)
+    Raises `NonFiniteLossError` when a non-finite loss is left unrecovered, `Preempted` after
+    SIGTERM/SIGINT (a checkpoint of the step reached is saved first).
+    """
+    with controller.Preemption() as preemption:
+        if keras.backend.backend() == "jax":
+            # Imported here: JAX is an optional extra (pip install -e ".[jax]").
+            from trainers.core import jax_loop
+
+            return jax_loop.run(task, preemption)
+        return _run_tensorflow(task, preemption)
+
+
+def _run_tensorflow(task, preemption):
     fv = task.flags
     model_dir = fv.model_dir
     if fv.strategy == "mirrored" and fv.num_cpu_devices > 1:
@@ -67,6 +80,7 @@ def run(task):
     if fv.mixed_precision != "float32":
         keras.config.set_dtype_policy(fv.mixed_precision)
     strategy = strategy_lib.make_strategy(fv.strategy, fv.tpu, fv.num_cpu_devices)
+    preemption.install()  # MultiWorkerMirroredStrategy's coordination service took SIGTERM
     replicas = strategy.num_replicas_in_sync
     if fv.global_batch_size % replicas:
         raise ValueError(
@@ -77,13 +91,13 @@ def run(task):
     # The chief is the one writer of model_dir; the other workers only read it.
     lock = run_dir.RunDirLock(model_dir).acquire() if chief else None
     try:
-        return _run(task, strategy, chief)
+        return _run(task, strategy, chief, preemption)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(task, strategy, chief):
+def _run(task, strategy, chief, preemption):
     fv = task.flags
     model_dir = fv.model_dir
     if chief:
@@ -126,6 +140,7 @@ def _run(task, strategy, chief):
     # Worker 0 (the chief) keeps its iterator in the main checkpoint; the others in their own.
     own_input = save_iterator and per_worker and worker_index > 0
     state = dict(model=checkpoints.model_tree(model), optimizer=optimizer)
+    iterator = None
     if save_iterator:
         iterator = iter(train_ds)
         if not own_input:
@@ -134,43 +149,60 @@ def _run(task, strategy, chief):
     input_manager = None
     if own_input:
         input_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(iterator=iterator), worker_input_dir(model_dir, worker_index),
+            tf.train.Checkpoint(iterator=iterator),
+            controller.worker_input_dir(model_dir, worker_index),
             max_to_keep=fv.keep_checkpoints + 1)
 
     def restore(path):
         if save_iterator:
-            _check_worker_inputs(model_dir, path, pipelines)
+            controller.check_worker_inputs(model_dir, path, pipelines)
         checkpoint.restore(path).assert_existing_objects_matched()
         if input_manager is not None:
             input_manager.checkpoint.restore(
-                _worker_input_path(model_dir, worker_index, path)).assert_consumed()
+                controller.worker_input_path(model_dir, worker_index, path)).assert_consumed()
 
     # An existing run is compared with these flags and restored before anything is written
     # into its model_dir: a resume that cannot work leaves the directory as it was.
     resumed = None
     if found:
-        _compare_with_stored_run(task, backbone_config, save_iterator)
+        controller.compare_with_stored_run(task, backbone_config, save_iterator)
         resumed = run_dir.restore_newest(found, restore, model_dir)
         logging.info("Resumed from %s at step %d.",
                      os.path.join(model_dir, f"ckpt-{resumed}"), int(optimizer.iterations.numpy()))
     else:
         task.initialize_from_pretrained(model)
     if chief:
-        _write_run_files(task, backbone_config, found, resumed)
-    if not save_iterator:
-        train_ds = train_ds.skip(int(optimizer.iterations.numpy()))
-        iterator = iter(train_ds if host_input else strategy.experimental_distribute_dataset(
-            _with_sharding_policy(train_ds)))
+        controller.write_run_files(task, backbone_config, found, resumed)
+    recovery = controller.Recovery(model_dir, fv.max_recoveries, chief, resumed is not None)
+
+    def position_input(step):
+        # After restoring `step` (or at 0): past the batches used, and past skipped windows.
+        nonlocal iterator
+        skip = recovery.input_skip(step, save_iterator)
+        if save_iterator:
+            for _ in range(skip):
+                next(iterator)
+            return
+        dataset = train_ds.skip(skip)
+        iterator = iter(dataset if host_input else strategy.experimental_distribute_dataset(
+            _with_sharding_policy(dataset)))
+
+    position_input(int(optimizer.iterations.numpy()))
 
     save_dir = model_dir if chief else os.path.join(
         model_dir, f".worker_{strategy_lib.task_id(strategy)}_tmp")
-    # One checkpoint more than --keep_checkpoints: the newest is unverified until the next step
-    # shows that its weights give a finite loss (if they do not, it is deleted, and the one
-    # before it is still there).
-    manager = tf.train.CheckpointManager(
-        checkpoint, save_dir, max_to_keep=fv.keep_checkpoints + 1,
-        step_counter=optimizer.iterations)
+
+    def checkpoint_manager():
+        # One checkpoint more than --keep_checkpoints: the newest is unverified until the next
+        # step shows that its weights give a finite loss (if they do not, it is deleted, and
+        # the one before it is still there).
+        return tf.train.CheckpointManager(
+            checkpoint, save_dir, max_to_keep=fv.keep_checkpoints + 1,
+            step_counter=optimizer.iterations)
+
+    manager = checkpoint_manager()
     barrier = _make_barrier(strategy) if save_iterator and per_worker else None
+    agree = _make_agreement(strategy) if context.num_input_pipelines > 1 else None
 
     def save(step):
         # Every worker's iterator is on disk before the chief's checkpoint names the step, so
@@ -179,7 +211,7 @@ def _run(task, strategy, chief):
             input_manager.save(checkpoint_number=step)
         if barrier is not None:
             barrier()
-        manager.save(checkpoint_number=step)
+        return manager.save(checkpoint_number=step)
 
     # Built before training so that an unusable evaluation source fails now, not at the end.
     eval_ds = task.eval_dataset(fv.global_batch_size)
@@ -199,19 +231,17 @@ def _run(task, strategy, chief):
         loss, grad_norm = float(loss), float(grad_norm)
         if not bool(applied):
             # The update was not applied, so the weights are those that gave this loss.
-            kept = manager.latest_checkpoint
-            if chief and last_saved == step - 1 and step - 1 > start_step:
-                checkpoints.discard(model_dir, kept)
-                kept = tf.train.latest_checkpoint(model_dir)
-            _discard_worker_dir(save_dir, model_dir)
-            raise NonFiniteLossError(
-                f"Non-finite training loss ({loss}) or gradient norm ({grad_norm}) at step "
-                f"{step}; stopped without applying or saving this step. "
-                + (f"A checkpoint of step {step - 1} held the weights that gave this loss; it "
-                   "was deleted. " if kept != manager.latest_checkpoint else "")
-                + f"The last good checkpoint is kept: {kept or 'none was written yet'}. "
-                "Lower --learning_rate, raise --warmup_steps or set --global_clipnorm, then "
-                "restart from it.")
+            try:
+                step = recovery.recover(step, loss, grad_norm, last_saved, start_step, restore)
+            except NonFiniteLossError:
+                _discard_worker_dir(save_dir, model_dir)
+                log.close()
+                raise
+            start_step = last_saved = step
+            position_input(step)
+            manager = checkpoint_manager()  # reads the state file the recovery left
+            log.start(step)
+            continue
         log.accumulate({k: float(v) for k, v in sums.items()})
         if step % fv.log_every == 0 or step in (start_step + 1, fv.train_steps):
             log.write(step, loss, float(schedule(step - 1)), grad_norm, task.metrics)
@@ -221,6 +251,13 @@ def _run(task, strategy, chief):
         if fv.eval_every and step % fv.eval_every == 0 and step != fv.train_steps:
             eval_metrics = _evaluate(task, eval_ds, eval_step, strategy, fv, log, step, host_input)
             log.restart_clock()
+        try:
+            preemption.preempted(step, lambda: (manager.latest_checkpoint if last_saved == step
+                                                else save(step)), agree)
+        except Preempted:
+            _discard_worker_dir(save_dir, model_dir)
+            log.close()
+            raise
     if step > start_step or not eval_metrics:
         eval_metrics = _evaluate(task, eval_ds, eval_step, strategy, fv, log, step, host_input)
     _discard_worker_dir(save_dir, model_dir)
@@ -236,100 +273,12 @@ def _run(task, strategy, chief):
     return eval_metrics
 
 
-def _compare_with_stored_run(task, backbone_config, save_iterator):
-    """Raises `run_dir.RunDirError` if the run in model_dir was made with other settings."""
-    fv = task.flags
-    stored = run_dir.stored_settings(fv.model_dir)
-    given, sources = {}, {}
-    if backbone_config is not None:
-        given.update(run_dir.backbone_settings(backbone_config))
-        sources.update(dict.fromkeys(given, "--model / --model_overrides / --sequence_length "
-                                     "(or the --init_checkpoint backbone)"))
-    vocabulary = getattr(task, "vocabulary", None)
-    if vocabulary is not None:
-        given["vocabulary"] = list(vocabulary)
-        sources["vocabulary"] = (f"--vocab_file={fv.vocab_file}" if fv.vocab_file else
-                                 "--init_checkpoint's vocab.txt")
-        if "backbone vocabulary_size" in stored:
-            sources["backbone vocabulary_size"] = sources["vocabulary"]
-    # The saved input position holds batches of the stored size; without it any size resumes.
-    if save_iterator and stored.get("checkpoint_iterator", True):
-        given["global_batch_size"] = fv.global_batch_size
-        sources["global_batch_size"] = (
-            f"--global_batch_size={fv.global_batch_size} (the checkpoint's input position "
-            "holds batches of the stored size; --nocheckpoint_iterator resumes with new ones)")
-    run_dir.compare_settings(stored, given, fv.model_dir, sources)
-
-
-def _write_run_files(task, backbone_config, found, resumed):
-    """Flags, backbone config and the task's files (vocabulary), once the run can go on."""
-    fv = task.flags
-    model_dir = fv.model_dir
-    flags_lib.write_flags(model_dir, fv)
-    if backbone_config is not None:
-        run_dir.write_atomically(os.path.join(model_dir, MODEL_CONFIG_FILE),
-                                 json.dumps(backbone_config, indent=2, default=str))
-    task.write_run_files(model_dir)
-    if resumed is not None:
-        # The state file may be lost or damaged: name the intact checkpoints up to the
-        # restored one, so that CheckpointManager keeps and rotates them.
-        older = [s for s in sorted(found) if s < resumed and
-                 tf.io.gfile.exists(os.path.join(model_dir, f"ckpt-{s}.index"))]
-        run_dir.write_state(model_dir, [f"ckpt-{s}" for s in older + [resumed]])
-    elif tf.io.gfile.exists(os.path.join(model_dir, run_dir.STATE_FILE)):
-        tf.io.gfile.remove(os.path.join(model_dir, run_dir.STATE_FILE))  # names no checkpoint
-
-
 def _with_sharding_policy(dataset):
     # In-memory and generated datasets cannot be sharded by file; every worker builds the same
     # deterministic pipeline and keeps its own slice of each global batch.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def loop_length(step, start_step, fv):
-    """Steps in the next `train_loop` call: up to --steps_per_loop, ending at every boundary.
-
-    Loops end at multiples of --steps_per_loop and never run past a step at which something
-    happens on the host: a multiple of --log_every, --checkpoint_every or --eval_every, the
-    first step of this process (logged on its own) or --train_steps. So intervals that are not
-    multiples of --steps_per_loop (or a --train_steps that is not) give shorter loops, every
-    interval is kept exactly, and a resumed run's loops end where an uninterrupted run's do.
-    """
-    if step == start_step:
-        return 1
-    end = fv.train_steps
-    for every in (fv.steps_per_loop, fv.log_every, fv.checkpoint_every, fv.eval_every):
-        if every:
-            end = min(end, (step // every + 1) * every)
-    return end - step
-
-
-def worker_input_dir(model_dir, index):
-    """Where worker `index` > 0 keeps its input iterator under --per_worker_input."""
-    return os.path.join(model_dir, f"input_worker_{index}")
-
-
-def _worker_input_path(model_dir, index, latest):
-    return os.path.join(worker_input_dir(model_dir, index), os.path.basename(latest))
-
-
-def _check_worker_inputs(model_dir, latest, pipelines):
-    """The latest checkpoint's per-worker iterators must be exactly this run's workers'."""
-    found = set()
-    for name in tf.io.gfile.listdir(model_dir):
-        match = re.fullmatch(r"input_worker_(\d+)/?", name)
-        if match and tf.io.gfile.exists(
-                _worker_input_path(model_dir, int(match[1]), latest) + ".index"):
-            found.add(int(match[1]))
-    if found != set(range(1, pipelines)):
-        raise ValueError(
-            f"--model_dir={model_dir}: {os.path.basename(latest)} was saved with "
-            f"{len(found) + 1} input pipeline(s) (per-worker iterators of workers "
-            f"{sorted(found)}), but this run has {pipelines}: expected the same workers and "
-            "--per_worker_input setting, or --nocheckpoint_iterator to resume by skipping the "
-            "batches already used.")
 
 
 def _make_barrier(strategy):
@@ -340,6 +289,18 @@ def _make_barrier(strategy):
         return strategy.reduce(SUM, ones, axis=None)
 
     return barrier
+
+
+def _make_agreement(strategy):
+    # Sums per-worker counts over every worker (each replica adds its worker's share).
+    local = strategy_lib.local_replicas(strategy)
+
+    @tf.function
+    def total(counts):
+        per_replica = strategy.run(lambda c: c / local, args=(counts,))
+        return strategy.reduce(SUM, per_replica, axis=None)
+
+    return lambda counts: [round(float(c)) for c in total(tf.constant(counts, tf.float32))]
 
 
 def _split_for_replicas(strategy, batch, per_worker=False):

@@ -26,9 +26,14 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
-from trainers.core.flags import FLAGS_JSON
+from absl import flags
+
+from trainers.core import flags as flags_lib
 
 LOCK_FILE = ".lock"
+FLAGS_FILE = "flags.txt"
+FLAGS_JSON = "flags.json"
+RECOVERIES_FILE = "recoveries.json"
 STATE_FILE = "checkpoint"
 MODEL_CONFIG_FILE = "model_config.json"
 VOCAB_FILE = "vocab.txt"
@@ -106,7 +111,7 @@ class RunDirLock:
         return self
 
     def _acquire_local(self, path):
-        import fcntl
+        import fcntl  # here: POSIX only, and only local model_dirs need it
 
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -169,7 +174,7 @@ class RunDirLock:
     def release(self):
         """Gives the lock up (idempotent)."""
         if self._fd is not None:
-            import fcntl
+            import fcntl  # here: POSIX only, and only local model_dirs need it
 
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -386,3 +391,22 @@ def _describe(old, new):
                 break
         return summary
     return [repr(old), repr(new)]
+
+
+def write_flags(model_dir, fv=flags.FLAGS):
+    """Writes the flags of this run into model_dir: a --flagfile and a JSON copy.
+
+    `python -m trainers.<trainer> --flagfile=MODEL_DIR/flags.txt` repeats the run.
+    """
+    ours = [m for m in fv.flags_by_module_dict() if "absl" not in m and "tensorflow" not in m]
+    values = flags_lib.flag_dict(fv, ours)
+    tf.io.gfile.makedirs(model_dir)
+    lines = []
+    for name in sorted(values):
+        serialized = fv[name].serialize()
+        if serialized:
+            lines.append(serialized)
+    write_atomically(os.path.join(model_dir, FLAGS_FILE), "\n".join(lines) + "\n")
+    write_atomically(os.path.join(model_dir, FLAGS_JSON),
+                     json.dumps(values, indent=2, sort_keys=True, default=str))
+    return values

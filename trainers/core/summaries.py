@@ -40,6 +40,8 @@ class ProgressLog:
         self.first = True
 
     def start(self, step):
+        """Counts from `step` (the start, or the step a recovery went back to)."""
+        self.sums = {}
         self.step = step
         self.time = time.perf_counter()
         self.first = True

@@ -7,7 +7,11 @@ import tensorflow as tf
 from absl import logging
 
 from keras_gmlp import data
+from keras_gmlp.models import GMLPTokenizer
+from keras_gmlp.models.presets import TEXT_PRESETS
+from keras_gmlp.models.presets import get_preset
 from trainers.core import flags as flags_lib
+from trainers.core import preset
 from trainers.core import run_dir
 
 VOCAB_FILE = run_dir.VOCAB_FILE
@@ -47,8 +51,6 @@ def save_vocabulary(vocabulary, model_dir):
 
 def backbone_kwargs(fv, vocabulary_size, default_model):
     """Constructor arguments of the text backbone: preset, then overrides, then flags."""
-    from keras_gmlp.models.presets import TEXT_PRESETS, get_preset
-
     kwargs = get_preset(fv.model or default_model, TEXT_PRESETS)
     kwargs.update(flags_lib.parse_overrides(fv.model_overrides))
     if fv.sequence_length:
@@ -60,8 +62,6 @@ def backbone_kwargs(fv, vocabulary_size, default_model):
 def load_backbone_config(model_dir):
     """The backbone config a pretrain_mlm run wrote into its model_dir, or the config.json of
     a keras-hub preset directory (`preset.is_preset_dir`)."""
-    from trainers.core import preset
-
     path = os.path.join(model_dir, run_dir.MODEL_CONFIG_FILE)
     if preset.is_preset_dir(model_dir):
         path = os.path.join(model_dir, preset.CONFIG_FILE)
@@ -94,8 +94,6 @@ def make_tokenizer(vocabulary, lowercase, source):
 
     `source` names where the vocabulary came from, for the error when it lacks a reserved token.
     """
-    from keras_gmlp.models import GMLPTokenizer
-
     missing = [token for token in data.RESERVED_TOKENS if token not in vocabulary]
     if missing:
         raise ValueError(f"{source}: the vocabulary has no {', '.join(missing)}: expected the "

@@ -111,10 +111,7 @@ def run_artifact(fmt, path, inputs):
 
 # keras-hub's MaskedLMHead(intermediate_activation="gelu") is Keras' gelu, on TensorFlow
 # tf.nn.gelu, written with Erfc: tf2onnx cannot convert it (LiteRT fuses it into its GELU).
-_NOT_YET = {
-    ("masked_lm", "onnx"): "tf2onnx has no Erfc: GMLPMaskedLM's head uses Keras' 'gelu' "
-                           "(tf.nn.gelu), not the erf form of the blocks",
-}
+_NOT_YET = {}
 
 
 def _cases():

@@ -148,3 +148,15 @@ def test_jax_backend_values_and_gradients_match_tensorflow(rng, tmp_path):
     np.testing.assert_allclose(jax_result["d_x"], grads[0], rtol=1e-4, atol=1e-4)
     for variable, grad in zip(block.trainable_variables, grads[1:]):
         np.testing.assert_allclose(jax_result[variable.path], grad, rtol=1e-4, atol=1e-4, err_msg=variable.path)
+
+
+def test_u_and_v_kernels_are_the_column_halves_of_one_draw_of_the_initializer():
+    # One (hidden, ffn) draw split in two, as the single projection before the split was: a
+    # seeded run initialises exactly as before (the README's quick-start numbers).
+    initializer = keras.initializers.GlorotUniform(seed=3)
+    full = keras.ops.convert_to_numpy(initializer((8, 12)))
+    block = GMLPBlock(8, 12, 4, kernel_initializer=keras.initializers.GlorotUniform(seed=3))
+    block.build((2, 4, 8))
+    u = keras.ops.convert_to_numpy(block.channel_projection_u.kernel)
+    v = keras.ops.convert_to_numpy(block.channel_projection_v.kernel)
+    np.testing.assert_array_equal(np.concatenate([u, v], axis=1), full)

@@ -205,24 +205,42 @@ class GMLPBlock(keras.layers.Layer):
 
 
 def _half_width_initializers(initializer, hidden_dim, ffn_dim):
-    """Initializers of the `(hidden_dim, ffn_dim // 2)` `u` and `v` kernels, drawing from the
-    distribution `initializer` gave the single `(hidden_dim, ffn_dim)` projection before the
-    split.
+    """Initializers of the `(hidden_dim, ffn_dim // 2)` `u` and `v` kernels: the two column
+    halves of one `(hidden_dim, ffn_dim)` draw of `initializer`, as the single projection had
+    before the split.
 
-    Only fan-dependent scales change: Glorot's `fan_avg` and `fan_out` variance scaling get the
-    scale that restores the old variance; fan_in and fixed scales stay. A seeded initializer
-    gives `v` the next seed, so the two halves are not the same draw.
+    Keras' initializers are seeded at construction (an int seed gives the same values on every
+    call), so both halves come from one draw, with the full kernel's fan and variance, and a
+    seeded run initialises exactly as before the split (the README's quick-start numbers).
     """
-    if isinstance(initializer, keras.initializers.VarianceScaling) and initializer.mode != "fan_in":
-        half = ffn_dim // 2
-        fan_out_ratio = half / ffn_dim if initializer.mode == "fan_out" else (
-            (hidden_dim + half) / (hidden_dim + ffn_dim))  # fan_avg: scale / mean(fan_in, fan_out)
-        initializer = keras.initializers.VarianceScaling(
-            scale=initializer.scale * fan_out_ratio, mode=initializer.mode,
-            distribution=initializer.distribution, seed=initializer.seed)
-    config = keras.initializers.serialize(initializer)
-    seed = config.get("config", {}).get("seed")
-    if not isinstance(seed, int):
-        return initializer, initializer
-    config["config"] = {**config["config"], "seed": seed + 1}
-    return initializer, keras.initializers.deserialize(config)
+    full_shape = (hidden_dim, ffn_dim)
+    return (ColumnHalfInitializer(initializer, full_shape, 0),
+            ColumnHalfInitializer(initializer, full_shape, 1))
+
+
+@keras.saving.register_keras_serializable(package="keras_gmlp")
+class ColumnHalfInitializer(keras.initializers.Initializer):
+    """Column half `half` (0 or 1) of `initializer` drawn at `full_shape` (rows, 2 * columns).
+
+    A stateful (SeedGenerator) initializer draws anew on each call, so its two halves are then
+    independent draws of the same distribution.
+    """
+
+    def __init__(self, initializer, full_shape, half):
+        self.initializer = keras.initializers.get(initializer)
+        self.full_shape = tuple(int(d) for d in full_shape)
+        check(half in (0, 1), "half", half, "0 (the first columns) or 1 (the last columns)")
+        check(len(self.full_shape) == 2 and self.full_shape[1] % 2 == 0, "full_shape",
+              full_shape, "(rows, an even number of columns)")
+        self.half = half
+
+    def __call__(self, shape, dtype=None):
+        rows, columns = self.full_shape
+        check(tuple(shape) == (rows, columns // 2), "shape", tuple(shape),
+              f"{(rows, columns // 2)}, half of full_shape {self.full_shape}")
+        full = self.initializer(self.full_shape, dtype=dtype)
+        return full[:, self.half * (columns // 2):(self.half + 1) * (columns // 2)]
+
+    def get_config(self):
+        return {"initializer": keras.initializers.serialize(self.initializer),
+                "full_shape": list(self.full_shape), "half": self.half}

@@ -18,6 +18,7 @@ SPATIAL_PROJECTIONS = ("dense", "toeplitz")
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
+@keras.saving.register_keras_serializable(package="keras_gmlp")
 def exact_gelu(x):
     """The exact (erf) GELU, `x * Phi(x)`, of the plain path.
 

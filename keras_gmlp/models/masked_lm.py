@@ -3,6 +3,7 @@
 import keras
 import keras_hub
 
+from keras_gmlp.layers.spatial_gating_unit import exact_gelu
 from keras_gmlp.models import recipe
 from keras_gmlp.models.base import TaskMixin
 from keras_gmlp.models.base import check_backbone
@@ -53,7 +54,9 @@ class GMLPMaskedLM(TaskMixin, keras_hub.models.MaskedLM):
         self.mlm_head = keras_hub.layers.MaskedLMHead(
             vocabulary_size=backbone.vocabulary_size,
             token_embedding=backbone.token_embedding,
-            intermediate_activation="gelu",  # Keras' gelu is the exact (erf) form
+            # The blocks' exact GELU: Keras' "gelu" traces to TensorFlow's erfc form, which
+            # tf2onnx cannot convert (model.export(format="onnx")).
+            intermediate_activation=exact_gelu,
             layer_norm_epsilon=1e-6,
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             # keras-hub's head has autocast=False and adds a float32 bias to outputs of its own

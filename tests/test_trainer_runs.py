@@ -193,7 +193,7 @@ def test_finetuning_restores_the_pretrained_backbone(baseline, tmp_path, init):
     finetuned = _model_values(tf.train.latest_checkpoint(model_dir))
     backbone_keys = [k for k in finetuned if not k.startswith(("model/head", "model/rng"))]
     assert "model/block_0__spatial_gating_unit__spatial_kernel/.ATTRIBUTES/VARIABLE_VALUE" in backbone_keys
-    assert len(backbone_keys) == 13  # embeddings, 10 block variables, final norm gamma/beta
+    assert len(backbone_keys) == 15  # embeddings, 12 block variables (u and v apart), final norm
     for key in backbone_keys:
         np.testing.assert_array_equal(finetuned[key], pretrained[key], err_msg=key)
     # Pretraining moved the SGU bias away from its initial ones, so a match is not by chance.

@@ -85,11 +85,11 @@ def perplexity(model, batches, eager):
     import keras
     import numpy as np
 
-    from benchmarks.quality import _predict
+    from benchmarks.quality_train import predict
 
     total, weight = 0.0, 0.0
     for x, ids, weights in batches:
-        logits = _predict(model, x, eager)
+        logits = predict(model, x, eager)
         nll = keras.losses.sparse_categorical_crossentropy(ids, logits, from_logits=True)
         total += float(np.sum(np.asarray(nll) * weights.numpy()))
         weight += float(np.sum(weights.numpy()))
